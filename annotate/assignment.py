@@ -34,6 +34,7 @@ from annotate.store import (
     utcnow,
 )
 from rewardlab.errors import RewardlabError
+from rewardlab.formats import render_prompt_text
 
 MAX_NOTE_CHARS = 2000
 _SWAP = {"A": "B", "B": "A", "tie": "tie", "both_bad": "both_bad"}
@@ -41,14 +42,6 @@ _SWAP = {"A": "B", "B": "A", "tie": "tie", "both_bad": "both_bad"}
 
 class PairFull(RewardlabError):
     """The comparison got all its labels from others first."""
-
-
-def render_prompt(messages: list[dict]) -> str:
-    """A prompt as one text: the user message alone, or the turns of a conversation."""
-    if len(messages) == 1 and messages[0].get("role") == "user":
-        return messages[0]["content"]
-    names = {"user": "User", "assistant": "Assistant", "system": "System"}
-    return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages)
 
 
 def _pair_dict(s, comparison_id: int, swapped: bool) -> dict:
@@ -60,7 +53,7 @@ def _pair_dict(s, comparison_id: int, swapped: bool) -> dict:
     messages = json.loads(p.messages)
     return {
         "comparison_id": c.id,
-        "prompt": render_prompt(messages),
+        "prompt": render_prompt_text(messages),
         "messages": messages,
         "response_a": ra.text,
         "response_b": rb.text,
