@@ -155,6 +155,10 @@ def submit_label(
             raise RewardlabError(f"comparison {comparison_id} was not shown to you; call next_pair first")
         if a.status == "done":
             raise RewardlabError(f"you already labelled comparison {comparison_id} (use undo to change it)")
+        if a.status == "skipped":
+            raise RewardlabError(
+                f"comparison {comparison_id} is no longer open for you (skipped or full); call next_pair"
+            )
         got_slot = s.execute(
             update(Comparison)
             .where(Comparison.id == comparison_id, Comparison.label_count < Comparison.overlap)

@@ -165,7 +165,11 @@ class Store:
 
     def __init__(self, url: str):
         self.url = url
-        parsed = make_url(url)
+        try:
+            parsed = make_url(url)
+        except Exception:
+            raise RewardlabError(f"not a database URL: {url!r} (e.g. sqlite:///path.db or postgresql+psycopg://...)") from None
+        self.shown_url = parsed.render_as_string(hide_password=True)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self._write_lock = threading.Lock() if self.is_sqlite else None
         kwargs: dict = {}
@@ -188,7 +192,7 @@ class Store:
         try:
             self.engine = create_engine(url, **kwargs)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
-            raise RewardlabError(f"cannot use database URL '{url}': {exc}") from None
+            raise RewardlabError(f"cannot use database URL '{self.shown_url}': {exc}") from None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self._write_engine = self.engine.execution_options(rewardlab_write=True)
@@ -206,12 +210,12 @@ class Store:
                         s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
                     elif row.value != str(SCHEMA_VERSION):
                         raise RewardlabError(
-                            f"database {self.url} has schema version {row.value}; this rewardlab "
+                            f"database {self.shown_url} has schema version {row.value}; this rewardlab "
                             f"reads version {SCHEMA_VERSION}: upgrade rewardlab or use another --db"
                         )
         except OperationalError as exc:
             raise RewardlabError(
-                f"cannot open database {self.url}: {exc.orig} (is the path writable?)"
+                f"cannot open database {self.shown_url}: {exc.orig} (is the path writable?)"
             ) from None
 
     @contextmanager
