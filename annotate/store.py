@@ -123,6 +123,8 @@ class Comparison(Base):
         CheckConstraint("response_a_id < response_b_id", name="ck_canonical"),
         CheckConstraint("label_count <= overlap", name="ck_overlap"),
         Index("ix_comparisons_open", "label_count", "overlap"),
+        # next_pair walks comparisons in this order and stops at the first one open to the caller.
+        Index("ix_comparisons_next", label_count.desc(), "id"),
     )
 
 
