@@ -97,7 +97,10 @@ def cmd_annotate(args) -> int:
         db=args.db,
         host=args.host,
         port=args.port,
-        demo=args.db is None and not args.no_demo,
+        # The demo fills only the default workspace: a workspace or database named by the user is
+        # theirs, and is never seeded with sample data.
+        demo=(args.db is None and args.workspace is None and not os.environ.get("REWARDLAB_WORKSPACE")
+              and not args.no_demo),
     )
     return 0
 
@@ -195,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--host", default="127.0.0.1")
     q.add_argument("--port", type=int, default=7860)
     q.add_argument("--no-demo", action="store_true",
-                   help="with no --db, do not fill an empty workspace with the sample prompts and pairs")
+                   help="do not fill the default workspace with the sample prompts, pairs and admin account")
     _store_args(q)
     q.set_defaults(func=cmd_annotate)
 
