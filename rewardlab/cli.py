@@ -226,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tag", default=None, help="only comparisons with this tag (e.g. generate, import:hh)")
     _store_args(q)
     q.set_defaults(func=cmd_export)
+
+    # Later stages register their own subcommands (imports stay light: no torch until run).
+    from reward_models.commands import register as register_reward
+    from train.eval_commands import register as register_evaluate
+
+    register_reward(sub)
+    register_evaluate(sub)
     return parser
 
 

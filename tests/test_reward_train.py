@@ -1,0 +1,167 @@
+"""Reward-model training on tiny real models: it learns, it saves a standard folder, it fails clearly."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reward_models.config import RewardTrainConfig, load_config
+from reward_models.scorer import RewardModelScorer
+from reward_models.train import train_reward_model
+from rewardlab.errors import RewardlabError
+
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "sea", "blue", "water", "tea", "cup", "light", "sun", "air"]
+FAST = {"learning_rate": 3e-3, "batch_size": 8, "logging_steps": 5, "save_steps": 0, "max_length": 64,
+        "warmup_ratio": 0.0}
+
+
+def separable_rows(n: int, seed: int = 0) -> list[dict]:
+    """Chosen replies end in "please", rejected in "thanks": same length, only the word tells them apart."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        prompt = " ".join(rng.choice(WORDS) for _ in range(5)) + f" {i}?"
+        base = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6)))
+        rows.append({"prompt": prompt, "chosen": f"{base} please", "rejected": f"{base} thanks"})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def cli() -> list[str]:
+    """The rewardlab CLI once `reward` is wired into rewardlab/cli.py; the stage's own entry until then."""
+    from rewardlab import cli as main_cli
+
+    try:
+        main_cli.build_parser().parse_args(["reward", "score", "--model", "m", "--input", "i", "--out", "o"])
+        return [sys.executable, "-m", "rewardlab.cli"]
+    except SystemExit:
+        return [sys.executable, "-m", "reward_models.commands"]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """One full fine-tune on 96 separable pairs plus 3 identical and 2 empty ones."""
+    tmp = tmp_path_factory.mktemp("rm")
+    rows = separable_rows(96)
+    rows += [{"prompt": "same?", "chosen": "same answer", "rejected": "same answer"}] * 3
+    rows += [{"prompt": "empty?", "chosen": "", "rejected": "something"},
+             {"prompt": "empty?", "chosen": "something", "rejected": "  "}]
+    data = write_jsonl(tmp / "prefs.jsonl", rows)
+    config = RewardTrainConfig(model=str(tiny_model_dir), max_steps=30, eval_fraction=0.25, **FAST)
+    summary = train_reward_model(config, data, tmp / "out")
+    return summary, tmp / "out"
+
+
+def test_learns_separable_pairs(trained):
+    summary, _ = trained
+    assert summary["eval"]["n"] == 24
+    assert summary["eval"]["accuracy"] >= 0.9, summary["eval"]
+    assert summary["eval"]["length_baseline_accuracy"] == 0.5  # same lengths: length cannot explain it
+
+
+def test_identical_and_empty_pairs_skipped_and_counted(trained):
+    summary, _ = trained
+    assert summary["skipped_identical"] == 3
+    assert summary["skipped_empty"] == 2
+    assert summary["pairs_train"] + summary["pairs_eval"] == 96
+
+
+def test_output_folder_is_standard(trained):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    summary, out = trained
+    for name in ("config.json", "reward_config.yaml", "metrics.jsonl", "reward_stats.json",
+                 "rewardlab_reward.json", "training_curves.png", "eval/calibration.png", "eval/reward_hist.png"):
+        assert (out / name).is_file(), name
+    assert not (out / "checkpoints").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.num_labels == 1 and tok.pad_token_id != tok.eos_token_id
+    assert model.config.pad_token_id == tok.pad_token_id
+    stats = json.loads((out / "reward_stats.json").read_text())
+    assert stats["std"] > 0 and stats["n"] == 2 * summary["pairs_train"]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in row for row in logged) and logged[-1]["final"]
+    assert load_config(out / "reward_config.yaml").max_steps == 30
+
+
+def test_scorer_matches_training_format(trained):
+    _, out = trained
+    scorer = RewardModelScorer(out, batch_size=4)
+    prompt = [{"role": "user", "content": "the sea is blue 3?"}]
+    good, bad = scorer.score([prompt, "the sea is blue 3?"], ["tea cup please", "tea cup sorry"])
+    assert good > bad
+    norm = scorer.normalized([prompt], ["tea cup please"])[0]
+    assert norm == pytest.approx((good - scorer.stats["mean"]) / scorer.stats["std"])
+
+
+def test_lora_merged_into_plain_model(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    data = write_jsonl(tmp_path / "p.jsonl", separable_rows(64, seed=1))
+    config = RewardTrainConfig(model=str(tiny_model_dir), lora=True, lora_r=8, max_steps=20, eval_fraction=0.25,
+                               **{**FAST, "learning_rate": 1e-2})
+    summary = train_reward_model(config, data, tmp_path / "out")
+    assert summary["lora"] and summary["eval"]["accuracy"] > 0.6, summary["eval"]
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_unknown_config_key_lists_valid_keys(tmp_path):
+    with pytest.raises(RewardlabError, match=r"unknown config key 'learning_rat'.*valid keys: model, .*learning_rate"):
+        load_config(None, ["--learning_rat", "1e-4"])
+    (tmp_path / "bad.yaml").write_text("epochz: 3\n")
+    with pytest.raises(RewardlabError, match="epochz.*valid keys"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_yaml_then_command_line_override(tmp_path):
+    (tmp_path / "run.yaml").write_text("learning_rate: 1e-4\nlora: true\nepochs: 3\nlora_target_modules: [q_proj, v_proj]\n")
+    config = load_config(tmp_path / "run.yaml", ["--epochs", "5", "--time-budget-s=60", "--center_rewards_coefficient", "null"])
+    assert config.learning_rate == 1e-4 and config.lora and config.lora_target_modules == ["q_proj", "v_proj"]
+    assert config.epochs == 5 and config.time_budget_s == 60 and config.center_rewards_coefficient is None
+    with pytest.raises(RewardlabError, match="'epochs' must be float"):
+        load_config(None, ["--epochs", "many"])
+
+
+def test_missing_column_is_a_clear_error(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi", "chosen": "hello"}] * 3)
+    with pytest.raises(RewardlabError, match=r"p.jsonl:row 1: missing field 'rejected'"):
+        train_reward_model(RewardTrainConfig(model=str(tiny_model_dir)), data, tmp_path / "out")
+    (tmp_path / "p.csv").write_text("prompt,answer\nhi,hello\n")
+    with pytest.raises(RewardlabError, match="needs 'chosen' and 'rejected' columns"):
+        train_reward_model(RewardTrainConfig(model=str(tiny_model_dir)), tmp_path / "p.csv", tmp_path / "out")
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", separable_rows(40))
+    config = RewardTrainConfig(model=str(tiny_model_dir), max_steps=20, eval_fraction=0.0,
+                               **{**FAST, "learning_rate": 1e30, "save_steps": 1, "center_rewards_coefficient": None})
+    with pytest.raises(RewardlabError, match=r"loss became (nan|inf).*last checkpoint kept: .*checkpoint-\d+"):
+        train_reward_model(config, data, tmp_path / "out")
+    assert list((tmp_path / "out" / "checkpoints").glob("checkpoint-*"))
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_cli_train_smoke(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", separable_rows(24))
+    (tmp_path / "run.yaml").write_text("max_steps: 3\nbatch_size: 4\nmax_length: 64\neval_fraction: 0.25\n")
+    cmd = cli() + ["reward", "train", "--data", str(data), "--out", str(tmp_path / "out"), "--model", str(tiny_model_dir),
+                   "--config", str(tmp_path / "run.yaml"), "--logging_steps", "1", "--save_steps", "0"]
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and summary["pairs_train"] == 18
+    bad = subprocess.run(cmd[:-4] + ["--learnin_rate", "1"], check=False, capture_output=True, text=True, timeout=240)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("rewardlab: unknown config key 'learnin_rate'") and "learning_rate" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
