@@ -272,13 +272,11 @@ def build_app(store: Store, config: WorkspaceConfig) -> gr.Blocks:
         user = _user(store, request)
         cid, choice = _comparison_id(comparison_id), _choice(choice)
         strength, note = _strength(strength), _note(note)
-        try:
-            assignment.submit_label(store, user, cid, choice, strength, note)
-        except assignment.PairFull:
-            pass  # others filled it first: nothing stored, move on
+        try:  # one transaction; if others filled the pair first nothing is stored and we move on
+            _stored, pair = assignment.submit_and_next(store, user, cid, choice, strength, note, lease)
         except RewardlabError as exc:
             raise _error(str(exc)) from None
-        return with_progress(assignment.next_pair(store, user, lease), user)
+        return pair
 
     def skip(comparison_id: int, request: gr.Request) -> dict | None:
         """Never show this pair to you again; return your next pair."""
@@ -336,16 +334,19 @@ def build_app(store: Store, config: WorkspaceConfig) -> gr.Blocks:
 
     def ui_label(choice: str, cid, strength, note, request: gr.Request):
         user = _user(store, request)
-        status = ""
-        if cid is not None:
-            try:
-                assignment.submit_label(store, user, int(cid), choice, _strength(strength), _note(note))
-                status = f"Saved: {CHOICE_NAMES[choice]}" + (f" ({strength})" if strength else "") + "."
-            except assignment.PairFull:
-                status = "That pair was already fully labelled by others; here is the next."
-            except RewardlabError as exc:
-                status = str(exc)
-        return view(with_progress(assignment.next_pair(store, user, lease), user), user, status)
+        if cid is None:
+            return view(with_progress(assignment.next_pair(store, user, lease), user), user, "")
+        try:
+            stored, pair = assignment.submit_and_next(
+                store, user, int(cid), choice, _strength(strength), _note(note), lease
+            )
+        except RewardlabError as exc:
+            return view(with_progress(assignment.next_pair(store, user, lease), user), user, str(exc))
+        if stored:
+            status = f"Saved: {CHOICE_NAMES[choice]}" + (f" ({strength})" if strength else "") + "."
+        else:
+            status = "That pair was already fully labelled by others; here is the next."
+        return view(pair, user, status)
 
     def ui_skip(cid, request: gr.Request):
         user = _user(store, request)

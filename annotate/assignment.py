@@ -69,72 +69,68 @@ def next_pair(store: Store, user: Account, lease_minutes: float = 10.0, rng=rand
 
     An open assignment (e.g. after a page reload or an undo) comes back first.
     """
-    now = utcnow()
     with store.write() as s:
-        open_row = s.execute(
-            select(Assignment.comparison_id, Assignment.swapped)
-            .where(Assignment.annotator_id == user.id, Assignment.status == "open")
-            .order_by(Assignment.shown_at.desc())
-            .limit(1)
-        ).first()
-        if open_row is not None:
-            s.execute(
-                update(Assignment)
-                .where(Assignment.annotator_id == user.id, Assignment.comparison_id == open_row[0])
-                .values(expires_at=now + _lease(lease_minutes))
-            )
-            return _pair_dict(s, open_row[0], open_row[1])
-
-        mine = exists().where(
-            Assignment.comparison_id == Comparison.id, Assignment.annotator_id == user.id
-        )
-        held = (
-            select(func.count())
-            .select_from(Assignment)
-            .where(
-                Assignment.comparison_id == Comparison.id,
-                Assignment.status == "open",
-                Assignment.expires_at > now,
-            )
-            .correlate(Comparison)
-            .scalar_subquery()
-        )
-        query = (
-            select(Comparison.id)
-            .where(Comparison.label_count < Comparison.overlap, ~mine)
-            .where(Comparison.label_count + held < Comparison.overlap)
-            .order_by(Comparison.label_count.desc(), Comparison.id)
-            .limit(1)
-        )
-        if not store.is_sqlite:
-            query = query.with_for_update(skip_locked=True, of=Comparison)
-        cid = s.scalar(query)
-        if cid is None:
-            return None
-        swapped = rng.random() < 0.5
-        s.add(
-            Assignment(
-                comparison_id=cid,
-                annotator_id=user.id,
-                swapped=swapped,
-                status="open",
-                shown_at=now,
-                expires_at=now + _lease(lease_minutes),
-            )
-        )
-        s.flush()
-        return _pair_dict(s, cid, swapped)
+        return _next_in(s, store, user, lease_minutes, rng)
 
 
-def submit_label(
-    store: Store,
-    user: Account,
-    comparison_id: int,
-    choice: str,
-    strength: str | None = None,
-    note: str = "",
-) -> None:
-    """Store this annotator's label for a pair they were shown (A/B as shown to them)."""
+def _next_in(s, store: Store, user: Account, lease_minutes: float, rng) -> dict | None:
+    now = utcnow()
+    open_row = s.execute(
+        select(Assignment.comparison_id, Assignment.swapped)
+        .where(Assignment.annotator_id == user.id, Assignment.status == "open")
+        .order_by(Assignment.shown_at.desc())
+        .limit(1)
+    ).first()
+    if open_row is not None:
+        s.execute(
+            update(Assignment)
+            .where(Assignment.annotator_id == user.id, Assignment.comparison_id == open_row[0])
+            .values(expires_at=now + _lease(lease_minutes))
+        )
+        return _pair_dict(s, open_row[0], open_row[1])
+
+    mine = exists().where(
+        Assignment.comparison_id == Comparison.id, Assignment.annotator_id == user.id
+    )
+    held = (
+        select(func.count())
+        .select_from(Assignment)
+        .where(
+            Assignment.comparison_id == Comparison.id,
+            Assignment.status == "open",
+            Assignment.expires_at > now,
+        )
+        .correlate(Comparison)
+        .scalar_subquery()
+    )
+    query = (
+        select(Comparison.id)
+        .where(Comparison.label_count < Comparison.overlap, ~mine)
+        .where(Comparison.label_count + held < Comparison.overlap)
+        .order_by(Comparison.label_count.desc(), Comparison.id)
+        .limit(1)
+    )
+    if not store.is_sqlite:
+        query = query.with_for_update(skip_locked=True, of=Comparison)
+    cid = s.scalar(query)
+    if cid is None:
+        return None
+    swapped = rng.random() < 0.5
+    s.add(
+        Assignment(
+            comparison_id=cid,
+            annotator_id=user.id,
+            swapped=swapped,
+            status="open",
+            shown_at=now,
+            expires_at=now + _lease(lease_minutes),
+        )
+    )
+    s.flush()
+    return _pair_dict(s, cid, swapped)
+
+
+def _check_label(comparison_id, choice: str, strength: str | None, note: str):
     if choice not in CHOICES:
         raise RewardlabError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
     if strength in ("", None):
@@ -148,45 +144,87 @@ def submit_label(
         comparison_id = int(comparison_id)
     except (TypeError, ValueError):
         raise RewardlabError(f"comparison_id must be a whole number, got {comparison_id!r}") from None
+    return comparison_id, choice, strength, note
+
+
+def _submit_in(s, user: Account, comparison_id: int, choice: str, strength, note: str) -> bool:
+    """Store the label inside the caller's transaction; False when others filled the pair first."""
     now = utcnow()
+    a = s.get(Assignment, (comparison_id, user.id))
+    if a is None:
+        raise RewardlabError(f"comparison {comparison_id} was not shown to you; call next_pair first")
+    if a.status == "done":
+        raise RewardlabError(f"you already labelled comparison {comparison_id} (use undo to change it)")
+    if a.status == "skipped":
+        raise RewardlabError(
+            f"comparison {comparison_id} is no longer open for you (skipped or full); call next_pair"
+        )
+    got_slot = s.execute(
+        update(Comparison)
+        .where(Comparison.id == comparison_id, Comparison.label_count < Comparison.overlap)
+        .values(label_count=Comparison.label_count + 1)
+    ).rowcount
+    if not got_slot:
+        a.status = "skipped"
+        s.flush()
+        return False
+    s.add(
+        Label(
+            comparison_id=comparison_id,
+            annotator_id=user.id,
+            choice=_SWAP[choice] if a.swapped else choice,
+            strength=strength,
+            note=note,
+            seconds=round(max(0.0, (now - a.shown_at).total_seconds()), 3),
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    a.status = "done"
+    s.flush()
+    return True
+
+
+def submit_label(
+    store: Store,
+    user: Account,
+    comparison_id: int,
+    choice: str,
+    strength: str | None = None,
+    note: str = "",
+) -> None:
+    """Store this annotator's label for a pair they were shown (A/B as shown to them).
+
+    Raises PairFull (nothing stored) when others gave the pair all its labels first.
+    """
+    comparison_id, choice, strength, note = _check_label(comparison_id, choice, strength, note)
     with store.write() as s:
-        a = s.get(Assignment, (comparison_id, user.id))
-        if a is None:
-            raise RewardlabError(f"comparison {comparison_id} was not shown to you; call next_pair first")
-        if a.status == "done":
-            raise RewardlabError(f"you already labelled comparison {comparison_id} (use undo to change it)")
-        if a.status == "skipped":
-            raise RewardlabError(
-                f"comparison {comparison_id} is no longer open for you (skipped or full); call next_pair"
-            )
-        got_slot = s.execute(
-            update(Comparison)
-            .where(Comparison.id == comparison_id, Comparison.label_count < Comparison.overlap)
-            .values(label_count=Comparison.label_count + 1)
-        ).rowcount
-        if not got_slot:
-            a.status = "skipped"
-            s.flush()
-            full = True
-        else:
-            full = False
-            canonical = _SWAP[choice] if a.swapped else choice
-            seconds = max(0.0, (now - a.shown_at).total_seconds())
-            s.add(
-                Label(
-                    comparison_id=comparison_id,
-                    annotator_id=user.id,
-                    choice=canonical,
-                    strength=strength,
-                    note=note,
-                    seconds=round(seconds, 3),
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            a.status = "done"
-    if full:
+        stored = _submit_in(s, user, comparison_id, choice, strength, note)
+    if not stored:
         raise PairFull(f"comparison {comparison_id} already has all its labels; here is the next one")
+
+
+def submit_and_next(
+    store: Store,
+    user: Account,
+    comparison_id: int,
+    choice: str,
+    strength: str | None = None,
+    note: str = "",
+    lease_minutes: float = 10.0,
+    rng=random,
+) -> tuple[bool, dict | None]:
+    """submit_label then next_pair (with progress) in ONE transaction: the app's hot path.
+
+    Returns (stored, next pair or None); stored is False when others filled the pair first.
+    """
+    comparison_id, choice, strength, note = _check_label(comparison_id, choice, strength, note)
+    with store.write() as s:
+        stored = _submit_in(s, user, comparison_id, choice, strength, note)
+        pair = _next_in(s, store, user, lease_minutes, rng)
+        if pair is not None:
+            pair["progress"] = _progress_in(s, user)
+        return stored, pair
 
 
 def skip(store: Store, user: Account, comparison_id: int) -> None:
@@ -238,20 +276,24 @@ def undo(store: Store, user: Account, lease_minutes: float = 10.0) -> dict | Non
 def progress(store: Store, user: Account) -> dict:
     """How many pairs this annotator labelled, and how many are still open to them."""
     with store.read() as s:
-        done = s.scalar(select(func.count()).select_from(Label).where(Label.annotator_id == user.id))
-        # Open comparisons overall, less those this annotator already labelled or skipped: two
-        # index-backed counts instead of an anti-join over every comparison.
-        open_total = s.scalar(
-            select(func.count()).select_from(Comparison).where(Comparison.label_count < Comparison.overlap)
+        return _progress_in(s, user)
+
+
+def _progress_in(s, user: Account) -> dict:
+    done = s.scalar(select(func.count()).select_from(Label).where(Label.annotator_id == user.id))
+    # Open comparisons overall, less those this annotator already labelled or skipped: two
+    # index-backed counts instead of an anti-join over every comparison.
+    open_total = s.scalar(
+        select(func.count()).select_from(Comparison).where(Comparison.label_count < Comparison.overlap)
+    )
+    mine_open = s.scalar(
+        select(func.count())
+        .select_from(Assignment)
+        .join(Comparison, Comparison.id == Assignment.comparison_id)
+        .where(
+            Assignment.annotator_id == user.id,
+            Assignment.status != "open",
+            Comparison.label_count < Comparison.overlap,
         )
-        mine_open = s.scalar(
-            select(func.count())
-            .select_from(Assignment)
-            .join(Comparison, Comparison.id == Assignment.comparison_id)
-            .where(
-                Assignment.annotator_id == user.id,
-                Assignment.status != "open",
-                Comparison.label_count < Comparison.overlap,
-            )
-        )
-        return {"done": int(done or 0), "remaining": int((open_total or 0) - (mine_open or 0))}
+    )
+    return {"done": int(done or 0), "remaining": int((open_total or 0) - (mine_open or 0))}
