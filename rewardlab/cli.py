@@ -229,9 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Later stages register their own subcommands (imports stay light: no torch until run).
     from reward_models.commands import register as register_reward
+    from train.commands import register as register_ppo
     from train.eval_commands import register as register_evaluate
 
     register_reward(sub)
+    register_ppo(sub)
     register_evaluate(sub)
     return parser
 
