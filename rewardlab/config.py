@@ -77,8 +77,13 @@ def _coerce(cls, f: dataclasses.Field, value: Any, where: str) -> Any:
             raise ValueError
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
+        if kind is int and isinstance(value, str):
+            number = float(value)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
         if kind is int:
-            return int(float(value)) if isinstance(value, str) else int(value)
+            return int(value)
         return kind(value)
     except (TypeError, ValueError):
         raise RewardlabError(f"{where}: '{f.name}' must be {getattr(kind, '__name__', kind)}, got {value!r}") from None

@@ -263,7 +263,7 @@ def test_separate_value_model_trains_its_own_adapters(inputs, tmp_path):
 
 
 def test_unknown_config_key_lists_the_valid_ones(tmp_path):
-    from train.ppo_config import load_config
+    from train.ppo_config import load_config, save_config
 
     with pytest.raises(RewardlabError, match=r"unknown config key 'kl_coeff'.*valid keys: .*kl_coef"):
         load_config(None, ["--kl_coeff", "0.1"])
@@ -276,7 +276,9 @@ def test_unknown_config_key_lists_the_valid_ones(tmp_path):
     assert (config.kl_coef, config.learning_rate, config.whiten_rewards) == (0.2, 1e-4, True)
     assert config.lora_target_modules == ["q_proj", "k_proj"]
     with pytest.raises(RewardlabError, match="'num_ppo_epochs' must be int"):
-        load_config(None, {"num_ppo_epochs": "1.5"})
+        load_config(None, {"num_ppo_epochs": 1.5})
+    saved = load_config(save_config(config, tmp_path))  # the saved config loads back as it was
+    assert saved == config
 
 
 def test_batch_arithmetic_is_checked_up_front():

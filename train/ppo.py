@@ -448,7 +448,7 @@ def _check_pad(tokenizer) -> None:
         )
 
 
-def _prepare_out(out: Path, config: PPORunConfig, resume: bool, world_size: int, is_main: bool) -> Path | None:
+def _prepare_out(out: Path, config: PPORunConfig, resume: bool, world_size: int) -> Path | None:
     """The checkpoint to resume from (None for a fresh run); refuses to mix runs in one folder."""
     checkpoints = checkpoint_dirs(out)
     if not resume:
@@ -512,7 +512,7 @@ def _run(config: PPORunConfig, reward: str, prompts: str, out, resume: bool, cal
     is_main = state.is_main_process
     _warn_single_cpu_launch(state.num_processes)
     plan = batch_plan(config, state.num_processes)  # fails fast, before any model is loaded
-    resume_from = _prepare_out(out, config, resume, state.num_processes, is_main)
+    resume_from = _prepare_out(out, config, resume, state.num_processes)
     state.wait_for_everyone()
     if is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,10 @@
 """The PPO run config: one documented dataclass, loaded from YAML plus ``--key value`` overrides.
 
-A run is ``defaults < YAML file (--config run.yaml) < command line --key value``. Unknown keys in
-either place are an error that lists the valid ones; every field's docstring is its ``--help`` and
-the comment above it in the saved ``ppo_config.yaml``. ``validate`` checks ranges and TRL 1.12's
-batch arithmetic before any model is loaded, so a bad batch layout fails in a second, not after
-minutes of loading.
+A run is ``defaults < YAML file (--config run.yaml) < command line --key value``
+(``rewardlab.config``). Unknown keys in either place are an error that lists the valid ones; every
+field's docstring is its ``--help`` and the comment above it in the saved ``ppo_config.yaml``.
+``validate`` checks ranges and ``batch_plan`` TRL 1.12's batch arithmetic before any model is
+loaded, so a bad batch layout fails in a second, not after minutes of loading.
 
 How TRL 1.12 ``PPOTrainer`` counts (per process, "local"; times the number of processes, "global")::
 
@@ -18,16 +18,12 @@ The defaults are for a CPU demo of the default model: 64 episodes in 16 updates 
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import inspect
 import math
-import textwrap
-import types
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from rewardlab.config import documented, load_dataclass, save_dataclass
+from rewardlab.config import help_epilog as config_help
 from rewardlab.errors import RewardlabError
 
 CONFIG_FILE = "ppo_config.yaml"
@@ -36,6 +32,7 @@ KL_ESTIMATORS = ("k1", "k3")
 SCHEDULERS = ("linear", "constant", "cosine")
 
 
+@documented
 @dataclass
 class PPORunConfig:
     """How ``rewardlab ppo`` aligns a policy (TRL 1.12 ``trl.experimental.ppo.PPOTrainer`` + LoRA)."""
@@ -108,110 +105,14 @@ class PPORunConfig:
     """Also save the policy with the adapters merged in (a plain transformers model folder)."""
 
 
-def _docstrings(cls) -> dict[str, str]:
-    """Field name -> the docstring written under it in the class body."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body, docs = tree.body[0].body, {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
-                docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
-
-
 def valid_keys() -> list[str]:
     return [f.name for f in fields(PPORunConfig)]
-
-
-def _unknown(keys, where: str) -> RewardlabError:
-    return RewardlabError(
-        f"unknown config key{'s' if len(keys) > 1 else ''} {', '.join(map(repr, keys))} in {where}; "
-        f"valid keys: {', '.join(valid_keys())}"
-    )
-
-
-def _coerce(name: str, value: Any, where: str) -> Any:
-    """A YAML or command-line value as the field's type (YAML reads 1e-4 as text, for instance)."""
-    kind, optional = get_type_hints(PPORunConfig)[name], False
-    if get_origin(kind) in (Union, types.UnionType):
-        optional, kind = True, next(a for a in get_args(kind) if a is not type(None))
-    if isinstance(value, str) and value.strip().lower() in ("null", "none", "~", ""):
-        value = None
-    if value is None:
-        if optional:
-            return None
-        raise RewardlabError(f"{where}: '{name}' cannot be null")
-    try:
-        if get_origin(kind) is list:
-            items = value if isinstance(value, list) else str(value).replace(",", " ").split()
-            return [str(v) for v in items] or None
-        if kind is bool:
-            text = str(value).strip().lower()
-            if isinstance(value, bool) or text in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-                return value if isinstance(value, bool) else text in ("true", "yes", "1", "on")
-            raise ValueError
-        if kind is int:
-            number = float(value) if isinstance(value, str) else value
-            if isinstance(number, bool) or float(number) != int(number):
-                raise ValueError
-            return int(number)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        return kind(value)
-    except (TypeError, ValueError, OverflowError):
-        raise RewardlabError(f"{where}: '{name}' must be {getattr(kind, '__name__', kind)}, got {value!r}") from None
-
-
-def parse_overrides(overrides: list[str]) -> dict[str, str]:
-    """``["--key", "value", "--flag", "--k=v"]`` -> {key: text}; a bare flag means true."""
-    out, i = {}, 0
-    while i < len(overrides):
-        token = overrides[i]
-        if not token.startswith("--") or len(token) == 2:
-            raise RewardlabError(f"unexpected argument {token!r}; give config overrides as --key value")
-        key, eq, value = token[2:].partition("=")
-        if not eq:
-            nxt = overrides[i + 1] if i + 1 < len(overrides) else None
-            if nxt is not None and not (nxt.startswith("--") and len(nxt) > 2):
-                value, i = nxt, i + 1
-            else:
-                value = "true"
-        out[key.replace("-", "_")] = value
-        i += 1
-    return out
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> PPORunConfig:
     """Defaults, then the YAML file ``path``, then ``overrides`` (``--key value`` strings or a dict);
     ranges are checked (``validate``) but not the batch arithmetic, which needs the process count."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        import yaml
-
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise RewardlabError(f"--config {path}: no such file")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise RewardlabError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-        if not isinstance(loaded, dict):
-            raise RewardlabError(f"{path}: must be a mapping of config keys to values")
-        loaded = {str(k).replace("-", "_"): v for k, v in loaded.items()}
-        unknown = [k for k in loaded if k not in valid_keys()]
-        if unknown:
-            raise _unknown(unknown, str(path))
-        values.update({k: _coerce(k, v, str(path)) for k, v in loaded.items()})
-    if overrides:
-        given = dict(overrides) if isinstance(overrides, dict) else parse_overrides(list(overrides))
-        where = "overrides" if isinstance(overrides, dict) else "the command line"
-        unknown = [k for k in given if k not in valid_keys()]
-        if unknown:
-            raise _unknown(unknown, where)
-        values.update({k: _coerce(k, v, where) for k, v in given.items()})
-    return validate(PPORunConfig(**values))
+    return validate(load_dataclass(PPORunConfig, path, overrides))
 
 
 def validate(config: PPORunConfig) -> PPORunConfig:
@@ -309,20 +210,9 @@ def batch_plan(config: PPORunConfig, world_size: int = 1, num_prompts: int | Non
 
 def save_config(config: PPORunConfig, folder: Path) -> Path:
     """Write ``ppo_config.yaml`` (every key, its docstring as a comment) into ``folder``."""
-    import yaml
-
-    docs = _docstrings(PPORunConfig)
-    lines = ["# rewardlab ppo config (rewardlab ppo --config this.yaml)"]
-    for key, value in dataclasses.asdict(config).items():
-        lines.append(f"# {docs[key]}")
-        lines.append(yaml.safe_dump({key: value}, default_flow_style=True, width=1_000).strip()[1:-1])
-    path = Path(folder) / CONFIG_FILE
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return save_dataclass(config, Path(folder) / CONFIG_FILE, "rewardlab ppo config (rewardlab ppo --config this.yaml)")
 
 
 def help_epilog() -> str:
     """The config keys and their docstrings, for the command's --help."""
-    docs = _docstrings(PPORunConfig)
-    rows = [f"  --{f.name} ({f.default!r}): {docs[f.name]}" for f in fields(PPORunConfig)]
-    return "config keys (in --config YAML or as --key value):\n" + "\n".join(rows).replace("%", "%%")
+    return config_help(PPORunConfig)
