@@ -39,6 +39,7 @@ is the quickest path (a few ms on top of the handler; gradio_client adds ~80 ms 
 """
 
 import html
+import os
 import statistics
 from pathlib import Path
 
@@ -56,6 +57,9 @@ from rewardlab.workspace import WorkspaceConfig, db_url, load_config
 # queue may run them all at once: Gradio's default limit of 1 per event would make 32 annotators
 # wait in line behind each other. Threads are bounded by launch(max_threads=40).
 CONCURRENCY_LIMIT = None
+_env_limit = os.environ.get("REWARDLAB_CONCURRENCY", "").strip()
+if _env_limit:  # "none" (default), "default" (Gradio's 1 per event) or a number of calls at once
+    CONCURRENCY_LIMIT = None if _env_limit == "none" else _env_limit if _env_limit == "default" else int(_env_limit)
 
 BUTTONS = [  # (label, elem_id, choice or action, key)
     ("A is better (1)", "rl-a", "A", "1"),
