@@ -1,15 +1,13 @@
 """The ``rewardlab reward`` subcommands: train, eval, score.
 
 ``rewardlab/cli.py`` calls ``register(subparsers)``; each command is a ``cmd_*`` function that
-parses nothing itself and calls one function of this stage. ``python -m reward_models.commands``
-runs the same commands on their own (for tests and for use before the CLI wires them).
+parses nothing itself and calls one function of this stage.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from rewardlab.errors import RewardlabError
@@ -152,24 +150,3 @@ def register(subparsers) -> None:
     q.add_argument("--batch-size", type=int, default=16, help="sequences scored together")
     q.add_argument("--normalized", action="store_true", help="also write reward_normalized = (reward - mean) / std")
     q.set_defaults(func=cmd_reward_score)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m reward_models.commands reward ...``: the same commands without the full CLI."""
-    import os
-
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    parser = argparse.ArgumentParser(prog="rewardlab")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    register(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except RewardlabError as exc:
-        print(f"rewardlab: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -85,7 +85,7 @@ def test_prompts_import_then_repeat_skips_duplicates(db):
     assert r.returncode == 0, r.stderr
     assert f"imported {n} prompts" in r.stdout
     r = rl("prompts", "import", sample, "--db", db)
-    assert r.returncode == 0 and f"imported 0 prompts" in r.stdout and f"{n} duplicates" in r.stdout
+    assert r.returncode == 0 and "imported 0 prompts" in r.stdout and f"{n} duplicates" in r.stdout
 
 
 def test_pairs_import_and_export_through_cli(db, tmp_path):

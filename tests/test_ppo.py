@@ -396,7 +396,7 @@ def _env():
 
 def test_cli_runs_and_merges(inputs, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "train.commands", "ppo", "--reward", str(inputs["reward"]),
+    cmd = [sys.executable, "-m", "rewardlab.cli", "ppo", "--reward", str(inputs["reward"]),
            "--prompts", str(inputs["prompts"]), "--out", str(out), "--policy", inputs["policy"],
            "--total_episodes", "16", "--response_length", "6", "--save_every", "2", "--merge", "true"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
@@ -412,7 +412,7 @@ def test_cli_runs_and_merges(inputs, tmp_path):
 def test_cli_errors_are_one_line_with_status_2(inputs, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    base = [sys.executable, "-m", "train.commands", "ppo", "--reward", str(inputs["reward"]),
+    base = [sys.executable, "-m", "rewardlab.cli", "ppo", "--reward", str(inputs["reward"]),
             "--out", str(tmp_path / "run"), "--policy", inputs["policy"]]
     for extra, expected in (
         (["--prompts", str(inputs["prompts"]), "--kl_coeff", "0.1"], "unknown config key 'kl_coeff'"),
@@ -438,7 +438,7 @@ def test_two_cpu_processes_under_accelerate_killed_and_resumed(inputs, tmp_path)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "train.commands", "ppo", "--reward", str(inputs["reward"]), "--prompts", str(inputs["prompts"]),
+           "-m", "rewardlab.cli", "ppo", "--reward", str(inputs["reward"]), "--prompts", str(inputs["prompts"]),
            "--out", str(out), "--policy", inputs["policy"], "--total_episodes", "64",
            "--per_device_train_batch_size", "4", "--local_rollout_forward_batch_size", "4",
            "--response_length", "6", "--save_every", "2"]

@@ -1,18 +1,15 @@
 """The ``rewardlab ppo`` subcommand.
 
 ``rewardlab/cli.py`` calls ``register(subparsers)``; ``cmd_ppo`` parses nothing itself and calls
-``train.ppo.run_ppo``. ``python -m train.commands ppo ...`` runs the same command on its own (for
-tests, and under ``accelerate launch -m train.commands ppo ...``).
+``train.ppo.run_ppo``. Under several processes: ``accelerate launch ... -m rewardlab.cli ppo ...``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from rewardlab.errors import RewardlabError
 
 
 class _OverridesParser(argparse.ArgumentParser):
@@ -67,27 +64,3 @@ def register(subparsers) -> None:
     q.add_argument("--config", default=None, type=Path, help="YAML file of config keys (see below)")
     q.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     q.set_defaults(func=cmd_ppo)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m train.commands ppo ...``: the command without the full CLI."""
-    import os
-
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    parser = argparse.ArgumentParser(prog="rewardlab")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    register(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except RewardlabError as exc:
-        print(f"rewardlab: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rewardlab: interrupted (rerun with --resume to continue from the last checkpoint)", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,6 @@
 """The ``rewardlab evaluate`` command: base vs aligned, and the human win-rate.
 
-``rewardlab/cli.py`` calls ``register(subparsers)``; ``python -m train.eval_commands evaluate ...``
-runs the same command on its own. Two modes::
+``rewardlab/cli.py`` calls ``register(subparsers)``. Two modes::
 
     rewardlab evaluate --base M --aligned DIR --reward R --prompts P --out DIR [--judge J] [--queue DB] ...
     rewardlab evaluate --human DB [--tag T]
@@ -11,9 +10,7 @@ Both print a few readable lines and, as the last line, one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 
 from rewardlab.errors import RewardlabError
 
@@ -104,24 +101,3 @@ def register(subparsers) -> None:
     q.add_argument("--overlap", type=int, default=1, help="labels each queued pair collects")
     q.add_argument("--human", default=None, metavar="DB", help="report the human win-rate from this store's labels")
     q.set_defaults(func=cmd_evaluate)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m train.eval_commands evaluate ...``: the same command without the full CLI."""
-    import os
-
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    parser = argparse.ArgumentParser(prog="rewardlab")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    register(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except RewardlabError as exc:
-        print(f"rewardlab: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
