@@ -38,6 +38,7 @@ is ``{"data": [result], ...}``, or HTTP 500 with ``{"error": message}``. This sk
 is the quickest path (a few ms on top of the handler; gradio_client adds ~80 ms per call).
 """
 
+import gc
 import html
 import os
 import statistics
@@ -483,6 +484,10 @@ def serve(workspace: Path, db: str | None = None, host: str = "127.0.0.1", port:
             print("  no admin account yet: add one with `rewardlab users add NAME --admin` "
                   "(and annotators with `rewardlab users add NAME`)", flush=True)
     app = build_app(store, config)
+    # Everything loaded so far lives as long as the server: move it out of the collector's way so
+    # full collections during requests stay short.
+    gc.collect()
+    gc.freeze()
     try:
         app.launch(server_name=host, server_port=port, quiet=True, **launch_kwargs(store))
     except OSError as exc:
