@@ -34,15 +34,16 @@ def plot_calibration(buckets: list[dict], ece: float, path) -> Path:
     return Path(path)
 
 
-def plot_reward_histograms(chosen: list[float], rejected: list[float], path) -> Path:
-    """Histograms of rewards of chosen vs rejected replies, on shared bins."""
+def plot_reward_histograms(chosen: list[float], rejected: list[float], path, names=("chosen", "rejected"),
+                           unit: str = "replies", title: str = "Rewards: chosen vs rejected") -> Path:
+    """Histograms of two sets of rewards (chosen vs rejected, base vs aligned) on shared bins."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     lo, hi = min(chosen + rejected), max(chosen + rejected)
     bins = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else 10
-    ax.hist(chosen, bins=bins, alpha=0.6, label=f"chosen (mean {sum(chosen) / len(chosen):.2f})")
-    ax.hist(rejected, bins=bins, alpha=0.6, label=f"rejected (mean {sum(rejected) / len(rejected):.2f})")
-    ax.set(xlabel="reward", ylabel="replies", title="Rewards: chosen vs rejected")
+    ax.hist(chosen, bins=bins, alpha=0.6, label=f"{names[0]} (mean {sum(chosen) / len(chosen):.3f})")
+    ax.hist(rejected, bins=bins, alpha=0.6, label=f"{names[1]} (mean {sum(rejected) / len(rejected):.3f})")
+    ax.set(xlabel="reward", ylabel=unit, title=title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

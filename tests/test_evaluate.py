@@ -20,14 +20,8 @@ N_PROMPTS = 6
 
 
 def cli() -> list[str]:
-    """The installed CLI once the lead wires `evaluate` into it; until then the command module."""
-    from rewardlab import cli as main_cli
-
-    try:
-        main_cli.build_parser().parse_args(["evaluate", "--human", "x.db"])
-        return [sys.executable, "-m", "rewardlab.cli"]
-    except SystemExit:
-        raise AssertionError("the command is not wired into rewardlab.cli")
+    """The rewardlab command, run as a user runs it."""
+    return [sys.executable, "-m", "rewardlab.cli"]
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import html
 import json
 from pathlib import Path
 
+from reward_models.plots import plot_reward_histograms
 from rewardlab.formats import write_jsonl
 
 
@@ -98,16 +99,8 @@ def _plots(rows: list[dict], report: dict, hist_path: Path, delta_path: Path) ->
 
     base = [r["reward_base"] for r in rows]
     aligned = [r["reward_aligned"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    lo, hi = min(base + aligned), max(base + aligned)
-    bins = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else 10
-    ax.hist(base, bins=bins, alpha=0.6, label=f"base (mean {report['reward_base_mean']:.3f})")
-    ax.hist(aligned, bins=bins, alpha=0.6, label=f"aligned (mean {report['reward_aligned_mean']:.3f})")
-    ax.set(xlabel="reward", ylabel="prompts", title="Reward of the replies: base vs aligned")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(hist_path, dpi=100)
-    plt.close(fig)
+    plot_reward_histograms(base, aligned, hist_path, names=("base", "aligned"), unit="prompts",
+                           title="Reward of the replies: base vs aligned")
 
     deltas = sorted(r["reward_delta"] for r in rows)
     fig, ax = plt.subplots(figsize=(6, 4))
