@@ -47,7 +47,7 @@ from pathlib import Path
 import gradio as gr
 from sqlalchemy import and_, func, select
 
-from annotate import accounts, assignment
+from annotate import accounts, assignment, security
 from annotate.accounts import Account
 from annotate.agreement import agreement_report
 from annotate.store import CHOICES, STRENGTHS, Annotator, Assignment, Comparison, Label, Store
@@ -443,15 +443,12 @@ def _bind_label(ui_label, choice: str):
     return handler
 
 
-def launch_kwargs(store: Store) -> dict:
+def launch_kwargs(store: Store, config: WorkspaceConfig | None = None) -> dict:
     """What ``Blocks.launch`` needs besides host and port: the login, the keyboard script, CSS."""
-
-    def auth(username: str, password: str) -> bool:
-        return accounts.authenticate(store, username, password) is not None
-
     return {
-        "auth": auth,
-        "auth_message": "Sign in with the account your project admin created for you.",
+        # --- security hook (annotate/security.py): throttled sign-in, expiring sessions, logout ---
+        **security.launch_kwargs(store, config or WorkspaceConfig()),
+        # --- end of security hook ---
         "head": HEAD,
         "css": CSS,
         "max_threads": 40,
@@ -489,7 +486,7 @@ def serve(workspace: Path, db: str | None = None, host: str = "127.0.0.1", port:
     gc.collect()
     gc.freeze()
     try:
-        app.launch(server_name=host, server_port=port, quiet=True, **launch_kwargs(store))
+        app.launch(server_name=host, server_port=port, quiet=True, **launch_kwargs(store, config))
     except OSError as exc:
         raise RewardlabError(f"cannot serve on {host}:{port}: {exc}; choose another --port") from None
     finally:

@@ -166,6 +166,36 @@ class Assignment(Base):
     )
 
 
+# --- security tables (annotate/security.py) -------------------------------------------------------
+# Kept in the database, not in memory, so that every app process serving one database sees the
+# same sessions and the same failed sign-ins. Added after schema version 1: ``create_all`` adds them
+# to an existing database; a migration must create them too (tables ``web_sessions``,
+# ``login_failures``).
+
+
+class WebSession(Base):
+    """A signed-in browser or script: the sha256 of its cookie token (never the token itself)."""
+
+    __tablename__ = "web_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class LoginFailure(Base):
+    """One failed sign-in, counted against a key: ``user:<sha256 of the name>`` or ``addr:<ip>``."""
+
+    __tablename__ = "login_failures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    __table_args__ = (Index("ix_login_failures_key_at", "key", "at"),)
+
+
+# --- end of security tables -----------------------------------------------------------------------
+
+
 class Store:
     """A connection to one annotation database. Thread-safe; share one per process."""
 
