@@ -552,7 +552,11 @@ def _open_rows(source: str) -> tuple[Iterator[tuple[str, Any]], list[str] | None
 
 
 def _columns_hint(columns: list[str]) -> str:
-    shown = ", ".join(columns[:12]) + (", ..." if len(columns) > 12 else "")
+    def one(c: str) -> str:  # a header cell may hold anything, newlines included: keep one line
+        c = c if len(c) <= 40 else c[:40] + "..."
+        return c if c.isprintable() else repr(c)
+
+    shown = ", ".join(one(c) for c in columns[:12]) + (", ..." if len(columns) > 12 else "")
     return f"found: {shown or 'none'}"
 
 

@@ -57,6 +57,7 @@ def write(folder: Path, ext: str, data: bytes) -> Path:
 @FUZZ
 @given(data=st.binary(max_size=1500), ext=st.sampled_from(EXTENSIONS), kind=st.sampled_from(["prompts", "pairs"]))
 @example(data=b"[" * 5000, ext=".json", kind="prompts")  # nesting deeper than Python's recursion limit
+@example(data=b'"0\n0"\r\n', ext=".csv", kind="pairs")  # a header cell with a newline
 @example(data=b'{"prompt": "\\ud800 lone surrogate"}', ext=".jsonl", kind="prompts")
 @example(data=b'{"prompt": "ok", "x": "\\udfff"}', ext=".jsonl", kind="prompts")
 @example(data=b'{"prompt":"a","chosen":"b","rejected":"c","margin":1e999}', ext=".jsonl", kind="pairs")

@@ -29,6 +29,7 @@ from rewardlab.errors import RewardlabError
 from rewardlab.paths import confine
 from rewardlab.workspace import WorkspaceConfig, load_config
 from test_app import PASSWORD, app, clients, fill, free_port, running  # noqa: F401 (fixtures)
+from test_browser import browser  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 BOB_NOTE = "BOBS-PRIVATE-NOTE-7f3a"
@@ -222,6 +223,27 @@ def test_disabling_or_new_password_ends_sessions_at_once(app, change):
         set_password(store, "alice", "a brand new password")
     assert run(alice, "progress").status_code == 401
     assert alice.get("config").status_code == 401
+
+
+@pytest.mark.browser
+def test_log_out_button_in_a_real_browser(browser, app):
+    """The page's Log out button ends the session: back to the sign-in form, the cookie is dead."""
+    from test_browser import login as browser_login
+
+    url, store, _ = app
+    page = browser_login(browser, url, "alice")
+    cookies = {c["name"]: c["value"] for c in page.context.cookies() if c["name"].startswith("access-token")}
+    assert cookies and run(httpx.Client(base_url=url, cookies=cookies), "progress").status_code == 200
+    page.get_by_text("Log out").click()
+    page.wait_for_selector("input[type=password]", timeout=20_000)
+    assert run(httpx.Client(base_url=url, cookies=cookies), "progress").status_code == 401
+    # a wrong password in the page: Gradio's own message; the throttle rule is on the form
+    page.locator("input[type=text]").first.fill("alice")
+    page.locator("input[type=password]").first.fill("wrong password")
+    page.keyboard.press("Enter")
+    page.get_by_text("Incorrect Credentials").wait_for(timeout=10_000)
+    assert "After 5 failed sign-ins in 5 minutes" in page.content()
+    page.close()
 
 
 # --- what an annotator (or nobody) can reach ------------------------------------------------------
