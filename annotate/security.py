@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from urllib.parse import quote
 
 from fastapi import HTTPException
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from starlette.middleware import Middleware
 
 from annotate import accounts
@@ -129,13 +129,6 @@ class SessionTokens:
             ids = select(Annotator.id).where(Annotator.name == username).scalar_subquery()
             return s.execute(delete(WebSession).where(WebSession.annotator_id == ids)).rowcount or 0
 
-    def count(self, username: str) -> int:
-        with self.store.read() as s:
-            return s.scalar(
-                select(func.count()).select_from(WebSession).join(Annotator)
-                .where(Annotator.name == username)
-            ) or 0
-
 
 # --- throttled sign-in ----------------------------------------------------------------------------
 
@@ -223,13 +216,13 @@ class Guard:
 
 
 def _cookies(scope) -> dict[str, str]:
-    from http.cookies import SimpleCookie
+    from http.cookies import CookieError, SimpleCookie
 
     raw = b"; ".join(v for k, v in scope.get("headers", []) if k == b"cookie").decode("latin-1")
     jar = SimpleCookie()
     try:
         jar.load(raw)
-    except Exception:
+    except CookieError:
         return {}
     return {k: m.value for k, m in jar.items()}
 
