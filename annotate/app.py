@@ -255,9 +255,16 @@ def _chat(messages: list[dict]) -> list[dict]:
     return out
 
 
-def build_app(store: Store, config: WorkspaceConfig) -> gr.Blocks:
-    """The Blocks app over one shared store. Launch it with ``**launch_kwargs(store)``."""
+def build_app(store: Store, config: WorkspaceConfig, workspace: Path | None = None) -> gr.Blocks:
+    """The Blocks app over one shared store. Launch it with ``**launch_kwargs(store)``.
+
+    ``workspace``: the folder the admin console works in (paths in its forms are confined to it);
+    default: the SQLite database's folder, else ``$REWARDLAB_WORKSPACE`` or ./rewardlab_workspace.
+    """
+    from annotate import console_ui
+
     lease = float(config.lease_minutes)
+    workspace = Path(workspace) if workspace is not None else _default_workspace(store)
 
     def with_progress(pair: dict | None, user: Account) -> dict | None:
         if pair is not None:
@@ -331,11 +338,10 @@ def build_app(store: Store, config: WorkspaceConfig) -> gr.Blocks:
         pair = with_progress(assignment.next_pair(store, user, lease), user)
         who = f"Signed in as **{html.escape(user.name)}**" + (" (admin)" if user.is_admin else "")
         if user.is_admin:
-            summary, rows = _admin_view(admin_stats(store))
-            admin = [gr.Tab(visible=True), summary, rows]
+            admin = [gr.Tab(visible=True), *ui_admin_tables()]
         else:
-            admin = [gr.Tab(visible=False), "", []]
-        return [*view(pair, user), who, *admin]
+            admin = [gr.Tab(visible=False), "", [], [], []]
+        return [*view(pair, user), who, *admin, *console["load"](user.is_admin)]
 
     def ui_label(choice: str, cid, strength, note, request: gr.Request):
         user = _user(store, request)
@@ -371,9 +377,13 @@ def build_app(store: Store, config: WorkspaceConfig) -> gr.Blocks:
                         "Nothing to undo.")
         return view(pair, user, "Undone: your last label was removed; label this pair again.")
 
+    def ui_admin_tables():
+        report = console["progress_report"]()
+        return [*_admin_view(report), *console_ui.model_rows(report)]
+
     def ui_admin_refresh(request: gr.Request):
         _admin(store, request)
-        return _admin_view(admin_stats(store))
+        return ui_admin_tables()
 
     private = dict(api_visibility="private", concurrency_limit=CONCURRENCY_LIMIT)
     with gr.Blocks(title=config.title) as demo:
@@ -418,22 +428,38 @@ def build_app(store: Store, config: WorkspaceConfig) -> gr.Blocks:
                 admin_summary = gr.Markdown(elem_id="rl-admin-summary")
                 admin_table = gr.Dataframe(headers=ADMIN_HEADERS, interactive=False, wrap=True,
                                            elem_id="rl-admin-table")
+                model_table, pairs_table = console_ui.model_tables()
                 refresh = gr.Button("Refresh", size="sm", elem_id="rl-admin-refresh")
+            console = console_ui.build_console(store, workspace, lambda request: _admin(store, request),
+                                               CONCURRENCY_LIMIT)
 
         outputs = [cid_state, prompt_chat, resp_a, resp_b, progress_md, status_md, strength, note,
                    pair_col, done_md, *buttons[:5]]
-        demo.load(ui_load, outputs=[*outputs, who_md, admin_tab, admin_summary, admin_table], **private)
+        console_outputs = console["outside_tabs"]()
+        demo.load(ui_load, outputs=[*outputs, who_md, admin_tab, admin_summary, admin_table, model_table,
+                                    pairs_table, *console_outputs], **private)
         for button, (_, _, action, _) in zip(buttons, BUTTONS):
             if action in CHOICES:
                 button.click(_bind_label(ui_label, action), [cid_state, strength, note], outputs, **private)
         buttons[4].click(ui_skip, [cid_state], outputs, **private)
         buttons[5].click(ui_undo, None, outputs, **private)
-        refresh.click(ui_admin_refresh, None, [admin_summary, admin_table], **private)
+        refresh.click(ui_admin_refresh, None, [admin_summary, admin_table, model_table, pairs_table], **private)
 
         for fn, name in [(next_pair, "next_pair"), (submit_label, "submit_label"), (skip, "skip"),
                          (undo, "undo"), (progress, "progress"), (admin_stats_api, "admin_stats")]:
             gr.api(fn, api_name=name, concurrency_limit=CONCURRENCY_LIMIT)
     return demo
+
+
+def _default_workspace(store: Store) -> Path:
+    from sqlalchemy.engine import make_url
+
+    from rewardlab.workspace import default_workspace
+
+    database = make_url(store.url).database if store.is_sqlite else None
+    if database and database != ":memory:":
+        return Path(database).expanduser().resolve().parent
+    return default_workspace().expanduser().resolve()
 
 
 def _bind_label(ui_label, choice: str):
@@ -483,7 +509,7 @@ def serve(workspace: Path, db: str | None = None, host: str = "127.0.0.1", port:
         if not has_admin:
             print("  no admin account yet: add one with `rewardlab users add NAME --admin` "
                   "(and annotators with `rewardlab users add NAME`)", flush=True)
-    app = build_app(store, config)
+    app = build_app(store, config, workspace)
     # Everything loaded so far lives as long as the server: move it out of the collector's way so
     # full collections during requests stay short.
     gc.collect()
