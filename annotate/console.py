@@ -71,9 +71,10 @@ def _options(params: dict, table: dict) -> list[str]:
     return args
 
 
-def _config_overrides(cls_loader, config, what: str, model_key: str, check_model) -> list[str]:
+def _config_overrides(cls_loader, config, what: str, model_key: str, check_model, field_model) -> list[str]:
     """A config mapping checked by the stage's own loader, as ``--key value`` CLI arguments; its
-    model key goes through ``check_model`` (an alias, or a folder inside the workspace)."""
+    model key goes through ``check_model`` (an alias, or a folder inside the workspace), and is
+    dropped when the form's own model field (``field_model``) is filled: that field wins."""
     if config in (None, ""):
         return []
     if isinstance(config, str):
@@ -86,6 +87,8 @@ def _config_overrides(cls_loader, config, what: str, model_key: str, check_model
     if not isinstance(config, dict):
         raise RewardlabError(f"{what} config: give a mapping of config keys to values")
     given = {str(k).replace("-", "_"): v for k, v in config.items()}
+    if field_model not in (None, ""):
+        given.pop(model_key, None)
     if given.get(model_key) not in (None, ""):
         given[model_key] = check_model(given[model_key], model_key)
     cls_loader(None, given)  # unknown keys, types and ranges fail here, before a process starts
@@ -198,7 +201,8 @@ class Console:
             args += ["--model", self.model(params["model"], "model")]
         if "eval_data" in params:
             args += ["--eval-data", str(self.path(params["eval_data"], "eval_data", must_exist=True))]
-        args += _config_overrides(load_config, params.get("config"), "reward training", "model", self.model)
+        args += _config_overrides(load_config, params.get("config"), "reward training", "model", self.model,
+                                  params.get("model"))
         return self._start("reward_train", args, params, out, user)
 
     def start_ppo(self, params: dict, user: str = "") -> dict:
@@ -212,7 +216,8 @@ class Console:
         args = ["ppo", "--reward", str(reward), "--prompts", prompts, "--out", str(out)]
         if "policy" in params:
             args += ["--policy", self.model(params["policy"], "policy")]
-        args += _config_overrides(load_config, params.get("config"), "PPO", "policy", self.model)
+        args += _config_overrides(load_config, params.get("config"), "PPO", "policy", self.model,
+                                  params.get("policy"))
         return self._start("ppo", args, params, out, user)
 
     def resume_ppo(self, job_id: int, user: str = "") -> dict:

@@ -237,7 +237,7 @@ def build_console(store, workspace: Path, admin_check: Callable, concurrency_lim
                 gen_tokens = gr.Number(label="Max new tokens", value=128, precision=0, elem_id="rl-gen-tokens")
                 gen_temp = gr.Number(label="Temperature", value=0.8)
                 gen_top_p = gr.Number(label="Top-p", value=0.95)
-                gen_limit = gr.Number(label="At most N prompts (empty: all)", value=None, precision=0)
+                gen_limit = gr.Number(label="At most N prompts (0: all)", value=0, precision=0)
             gen_btn = gr.Button("Start generation", variant="primary", elem_id="rl-gen-start")
             gen_msg = gr.Markdown(elem_id="rl-gen-msg")
             gen_outputs, gen_values, gen_latest = job_panel("generate")
@@ -307,7 +307,7 @@ def build_console(store, workspace: Path, admin_check: Callable, concurrency_lim
         rd_reward = gr.Textbox(label="Reward (composed-reward YAML or reward-model folder)", value="runs/reward",
                                elem_id="rl-rd-reward")
         with gr.Row():
-            rd_pid = gr.Number(label="Prompt id from the store (or paste below)", value=None, precision=0,
+            rd_pid = gr.Number(label="Prompt id from the store (0: the pasted prompt)", value=0, precision=0,
                                elem_id="rl-rd-pid")
             rd_prompt = gr.Textbox(label="Prompt", lines=3, elem_id="rl-rd-prompt")
             rd_response = gr.Textbox(label="Response", lines=3, elem_id="rl-rd-response")
@@ -349,69 +349,71 @@ def build_console(store, workspace: Path, admin_check: Callable, concurrency_lim
         admin_check(request)
         return live_values()
 
-    def ui_starter(kind, build_params, message_out):
-        def handler(*args, request: gr.Request):
-            user = admin_check(request)
-            try:
-                job = start(kind, build_params(*args), user=user.name)
-                msg = f"Started job {job['id']}."
-            except RewardlabError as exc:
-                msg = form_error(exc)
-            return [msg, *live_values()]
-        return handler
+    def start_from_page(kind: str, params: dict, request: gr.Request) -> list:
+        user = admin_check(request)
+        try:
+            msg = f"Started job {start(kind, params, user=user.name)['id']}."
+        except RewardlabError as exc:
+            msg = form_error(exc)
+        return [msg, *live_values()]
 
-    def gen_params(models, per, pairs, tokens, temp, top_p, limit):
-        return {"models": models, "per_prompt": per, "pairs_per_prompt": pairs, "max_new_tokens": tokens,
-                "temperature": temp, "top_p": top_p, "limit": limit}
+    # Gradio passes the request only to a parameter annotated gr.Request: one handler per form.
+    def ui_generate(models, per, pairs, tokens, temp, top_p, limit, request: gr.Request):
+        return start_from_page("generate", {
+            "models": models, "per_prompt": per, "pairs_per_prompt": pairs, "max_new_tokens": tokens,
+            "temperature": temp, "top_p": top_p, "limit": limit or None}, request)
 
-    def rm_params(data, out, model, config):
-        return {"data": data, "out": out, "model": model, "config": config}
+    def ui_reward_train(data, out, model, config, request: gr.Request):
+        return start_from_page("reward_train", {"data": data, "out": out, "model": model, "config": config}, request)
 
-    def ppo_params(reward, prompts, out, policy, config):
-        return {"reward": reward, "prompts": prompts, "out": out, "policy": policy, "config": config}
+    def ui_ppo(reward, prompts, out, policy, config, request: gr.Request):
+        return start_from_page("ppo", {"reward": reward, "prompts": prompts, "out": out, "policy": policy,
+                                       "config": config}, request)
 
-    def ev_params(aligned, reward, prompts, base, out, tag, tokens, queue):
-        return {"aligned": aligned, "reward": reward, "prompts": prompts, "base": base, "out": out, "tag": tag,
-                "max_new_tokens": tokens, "queue": bool(queue)}
+    def ui_evaluate(aligned, reward, prompts, base, out, tag, tokens, queue, request: gr.Request):
+        return start_from_page("evaluate", {
+            "aligned": aligned, "reward": reward, "prompts": prompts, "base": base, "out": out, "tag": tag,
+            "max_new_tokens": tokens, "queue": bool(queue)}, request)
 
-    gen_btn.click(ui_starter("generate", gen_params, gen_msg),
-                  [gen_models, gen_per, gen_pairs, gen_tokens, gen_temp, gen_top_p, gen_limit],
+    gen_btn.click(ui_generate, [gen_models, gen_per, gen_pairs, gen_tokens, gen_temp, gen_top_p, gen_limit],
                   [gen_msg, *live_outputs], **private)
-    rm_btn.click(ui_starter("reward_train", rm_params, rm_msg), [rm_data, rm_out, rm_model, rm_config],
-                 [rm_msg, *live_outputs], **private)
-    ppo_btn.click(ui_starter("ppo", ppo_params, ppo_msg), [ppo_reward, ppo_prompts, ppo_out, ppo_policy, ppo_config],
-                  [ppo_msg, *live_outputs], **private)
-    ev_btn.click(ui_starter("evaluate", ev_params, ev_msg),
-                 [ev_aligned, ev_reward, ev_prompts, ev_base, ev_out, ev_tag, ev_tokens, ev_queue],
+    rm_btn.click(ui_reward_train, [rm_data, rm_out, rm_model, rm_config], [rm_msg, *live_outputs], **private)
+    ppo_btn.click(ui_ppo, [ppo_reward, ppo_prompts, ppo_out, ppo_policy, ppo_config], [ppo_msg, *live_outputs],
+                  **private)
+    ev_btn.click(ui_evaluate, [ev_aligned, ev_reward, ev_prompts, ev_base, ev_out, ev_tag, ev_tokens, ev_queue],
                  [ev_msg, *live_outputs], **private)
 
-    def ui_job_action(action):
-        def handler(job_id=None, request: gr.Request = None):
-            user = admin_check(request)
-            try:
+    def job_action(action: str, job_id, request: gr.Request) -> list:
+        user = admin_check(request)
+        try:
+            if action == "cancel":
+                job = jobs.cancel(store, _whole(job_id, "job id"))
+                msg = f"Job {job['id']}: {job['status']}."
+            else:
+                job = jobs.latest(store, "ppo")
+                if job is None:
+                    raise RewardlabError(f"no PPO run to {action}")
                 if action == "stop":
-                    job = jobs.latest(store, "ppo")
-                    if job is None:
-                        raise RewardlabError("no PPO run to stop")
                     job = jobs.cancel(store, job["id"])
                     msg = f"Stopped job {job['id']} ({job['status']})."
-                elif action == "resume":
-                    job = jobs.latest(store, "ppo")
-                    if job is None:
-                        raise RewardlabError("no PPO run to resume")
-                    job = console.resume_ppo(job["id"], user=user.name)
-                    msg = f"Resumed as job {job['id']}."
                 else:
-                    job = jobs.cancel(store, _whole(job_id, "job id"))
-                    msg = f"Job {job['id']}: {job['status']}."
-            except RewardlabError as exc:
-                msg = form_error(exc)
-            return [msg, *live_values()]
-        return handler
+                    msg = f"Resumed as job {console.resume_ppo(job['id'], user=user.name)['id']}."
+        except RewardlabError as exc:
+            msg = form_error(exc)
+        return [msg, *live_values()]
 
-    ppo_stop.click(ui_job_action("stop"), None, [ppo_msg, *live_outputs], **private)
-    ppo_resume.click(ui_job_action("resume"), None, [ppo_msg, *live_outputs], **private)
-    cancel_btn.click(ui_job_action("cancel"), [cancel_id], [cancel_md, *live_outputs], **private)
+    def ui_stop(request: gr.Request):
+        return job_action("stop", None, request)
+
+    def ui_resume(request: gr.Request):
+        return job_action("resume", None, request)
+
+    def ui_cancel(job_id, request: gr.Request):
+        return job_action("cancel", job_id, request)
+
+    ppo_stop.click(ui_stop, None, [ppo_msg, *live_outputs], **private)
+    ppo_resume.click(ui_resume, None, [ppo_msg, *live_outputs], **private)
+    cancel_btn.click(ui_cancel, [cancel_id], [cancel_md, *live_outputs], **private)
 
     def ui_import(path, field, skip, request: gr.Request):
         admin_check(request)
@@ -447,7 +449,7 @@ def build_console(store, workspace: Path, admin_check: Callable, concurrency_lim
     def ui_breakdown(reward, pid, prompt, response, request: gr.Request):
         admin_check(request)
         try:
-            r = reward_design.breakdown(store, console.workspace, reward, response or "", pid, prompt)
+            r = reward_design.breakdown(store, console.workspace, reward, response or "", pid or None, prompt)
         except RewardlabError as exc:
             return form_error(exc), []
         rows = [[t["name"], t["type"], round(t["raw"], 4), round(t["normalized"], 4), t["weight"],
