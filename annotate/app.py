@@ -8,7 +8,9 @@ responses side by side, always as literal text: HTML or script inside a model's 
 displayed, never run. Keys: ``1`` A is better, ``2`` B is better, ``3`` tie, ``4`` both bad,
 ``s`` skip, ``u`` undo the last label. Strength (slight / clear) and a note are optional. Admins
 get an *Admin* tab with each annotator's progress, speed, label distribution and agreement;
-annotators never see anyone else's labels.
+annotators never see anyone else's labels. Admins also get the console tabs (data, reward model,
+PPO, evaluation, reward design, jobs): ``annotate/console_ui.py`` and docs/admin.md, which lists
+its own API endpoints (``/console_*``, admins only).
 
 Scripting API (the same login; ``gradio_client.Client(url, auth=(name, password))`` then
 ``client.predict(..., api_name="/next_pair")``). A and B are always *as shown to you*: the order
