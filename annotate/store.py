@@ -12,6 +12,8 @@ Tables (``SCHEMA_VERSION`` is recorded in ``meta``):
   Unique per (comparison, annotator): nobody labels a pair twice.
 - ``assignments``: which annotator was shown which pair, in which left/right order, and whether
   it is open, skipped or done; an open one holds the pair back from others until it expires.
+- ``jobs``: background work the admin console started (a CLI command as a process): command,
+  config, status, pid and its start time, job folder (log, exit code), start and end.
 
 SQLite runs in WAL mode with foreign keys on; every write transaction starts with
 ``BEGIN IMMEDIATE`` (and, within one process, behind a lock) so concurrent annotators never hit
@@ -194,6 +196,36 @@ class LoginFailure(Base):
 
 
 # --- end of security tables -----------------------------------------------------------------------
+
+
+# --- jobs (the admin console's background work) ---------------------------------------------------
+# A separate block on purpose: the table is new and nothing above refers to it, so a migration adds
+# it alone (see annotate/jobs.py for what the columns mean and how a status is recovered).
+
+JOB_STATUSES = ("running", "succeeded", "failed", "cancelled", "lost")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # generate | reward_train | ppo | evaluate | ...
+    command: Mapped[str] = mapped_column(Text)  # JSON list: the CLI arguments after `rewardlab`
+    config: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the form's values, as given
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the wrapper; its process group
+    proc_start: Mapped[float | None] = mapped_column(Float, nullable=True)  # the pid's start time (epoch s)
+    folder: Mapped[str] = mapped_column(Text, default="")  # job folder: log.txt, exit_code
+    out: Mapped[str] = mapped_column(Text, default="")  # the artifact folder the job writes
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    __table_args__ = (
+        CheckConstraint(
+            "status in ('running', 'succeeded', 'failed', 'cancelled', 'lost')", name="ck_job_status"
+        ),
+        Index("ix_jobs_kind", "kind", "id"),
+    )
 
 
 class Store:

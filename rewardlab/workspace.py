@@ -63,8 +63,24 @@ def default_workspace() -> Path:
     return Path(os.environ.get("REWARDLAB_WORKSPACE") or "rewardlab_workspace")
 
 
+DB_ENV = "REWARDLAB_DB"
+"""Environment variable with the default database URL (used when ``--db`` is not given)."""
+
+
 def db_url(value: str | None, workspace: Path | None = None) -> str:
-    """Turn ``--db`` (an SQLAlchemy URL, a file path, or nothing) into a URL."""
+    """Turn ``--db`` (an SQLAlchemy URL, a file path, ``env:NAME``, or nothing) into a URL.
+
+    ``env:NAME`` reads the URL from the environment variable NAME, so a URL with a password never
+    appears in a process list or a job's recorded command; with no value, ``$REWARDLAB_DB`` is used
+    when set, else the workspace's SQLite file.
+    """
+    if value and value.startswith("env:"):
+        name = value[4:]
+        if not os.environ.get(name):
+            raise RewardlabError(f"database {value}: the environment variable {name} is not set")
+        value = os.environ[name]
+    elif not value and os.environ.get(DB_ENV):
+        value = os.environ[DB_ENV]
     if value and "://" in value:
         return value
     if value:

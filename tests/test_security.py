@@ -440,3 +440,20 @@ def test_confine_keeps_paths_inside_the_workspace(tmp_path):
     (root / "loop").symlink_to(root / "loop")
     with pytest.raises(RewardlabError):
         confine("loop/x", root)
+
+
+def test_database_url_can_come_from_the_environment(tmp_path, monkeypatch):
+    """``env:NAME`` and $REWARDLAB_DB keep a password-bearing URL out of argv and job records."""
+    from rewardlab.workspace import db_url
+
+    secret = "postgresql+psycopg://u:hunter2@db/rl"
+    monkeypatch.setenv("MY_DB", secret)
+    assert db_url("env:MY_DB") == secret
+    monkeypatch.delenv("MY_DB")
+    with pytest.raises(RewardlabError, match="MY_DB is not set"):
+        db_url("env:MY_DB")
+    monkeypatch.setenv("REWARDLAB_DB", secret)
+    assert db_url(None, tmp_path) == secret
+    assert db_url(str(tmp_path / "x.db"), tmp_path).startswith("sqlite:///")  # an explicit --db wins
+    monkeypatch.delenv("REWARDLAB_DB")
+    assert db_url(None, tmp_path) == "sqlite:///" + str((tmp_path / "rewardlab.db").resolve())
