@@ -25,7 +25,7 @@ class RewardTrainConfig:
 
     model: str = "all-minilm-l6-v2"
     """Backbone: an alias (all-minilm-l6-v2, smollm2-135m), a local model folder or a hub id."""
-    max_length: int = 128
+    max_length: int = 256
     """Longest prompt+reply in tokens; longer pairs are cut (prompt from the left), never dropped."""
     style: str = "auto"
     """Text layout: auto (chat template if the tokenizer has one, else explicit), conversational, explicit."""
@@ -39,9 +39,9 @@ class RewardTrainConfig:
     """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
     lora_target_modules: list[str] | None = None
     """Module names LoRA adapts (e.g. q_proj v_proj); empty: peft's default for the architecture."""
-    learning_rate: float = 5e-5
+    learning_rate: float = 2e-5
     """Peak learning rate of AdamW (per step, after warmup)."""
-    epochs: float = 3.0
+    epochs: float = 1.0
     """Passes over the training pairs (fractions allowed); max_steps overrides it."""
     batch_size: int = 16
     """Preference pairs per optimizer micro-step (each pair is two sequences)."""
