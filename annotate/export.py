@@ -31,6 +31,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import aliased
 
+from annotate import gold
 from annotate.agreement import report_from_labels
 from annotate.store import STRENGTH_MARGIN, Annotator, Comparison, Label, Prompt, Response, Store
 from rewardlab.errors import RewardlabError
@@ -165,7 +166,7 @@ def export(store: Store, out_dir, *, style: str = "auto", jsonl: bool = False, t
         dataset.save_to_disk(str(tmp))
         if jsonl:
             write_jsonl(tmp / "preferences.jsonl", to_trl_rows(records, style=summary["style"]))
-        _write_json(tmp / "agreement.json", agreement)
+        _write_json(tmp / "agreement.json", {**agreement, "gold": gold.scores(store)})  # issue 7: quality scores
         _write_json(tmp / "export.json", summary)
         if out_dir.exists():
             out_dir.rename(old)
