@@ -16,7 +16,14 @@ from __future__ import annotations
 from sqlalchemy import exists, func, select
 
 from annotate.accounts import Account
-from annotate.store import Annotator, Assignment, Comparison, GoldAnswer, GoldPair, Store
+from annotate.store import (
+    Annotator,
+    Assignment,
+    Comparison,
+    GoldAnswer,
+    GoldPair,
+    Store,
+)
 from rewardlab.errors import RewardlabError
 from rewardlab.formats import PromptRecord, load_preferences
 

@@ -25,7 +25,6 @@ from annotate.store import Comparison, PairPriority, Store
 from rewardlab.workspace import STRATEGIES
 
 
-
 @dataclass(frozen=True)
 class Policy:
     """What ``next_pair`` does beyond its fixed rules."""

@@ -34,7 +34,6 @@ from reward_models.probe import L2_GRID, BradleyTerryFit, fit_bradley_terry
 from rewardlab.workspace import STRATEGIES
 
 
-
 @dataclass
 class Heads:
     """The main head and the bootstrap ensemble fitted on the labels so far."""

@@ -17,7 +17,15 @@ from annotate.accounts import add_user
 from annotate.app import admin_stats
 from annotate.assignment import next_pair, submit_and_next, submit_label
 from annotate.refresh import Refresher
-from annotate.store import Comparison, GoldAnswer, Label, PairPriority, Prompt, Response, ResponseFeature, text_hash
+from annotate.store import (
+    Comparison,
+    GoldAnswer,
+    Label,
+    PairPriority,
+    Prompt,
+    ResponseFeature,
+    text_hash,
+)
 from reward_models.active import priorities
 
 PASSWORD = "correct horse"
@@ -127,6 +135,11 @@ def test_gold_pairs_are_mixed_at_the_rate_and_scored(store, tmp_path):
                      "gold_accuracy": round(answered_right / shown_gold, 4)}
     row = next(r for r in admin_stats(store)["annotators"] if r["name"] == "ann")
     assert row["gold_accuracy"] == score["gold_accuracy"]
+    from annotate.export import export
+
+    summary = export(store, tmp_path / "prefs")
+    assert summary["labels"] == n_labels and summary["comparisons_unlabelled"] == 150 - n_labels
+    assert json.loads((tmp_path / "prefs" / "agreement.json").read_text())["gold"]["ann"] == score
 
 
 def test_a_slow_refresh_never_delays_next_pair(store):

@@ -7,7 +7,14 @@ import random
 import pytest
 import torch
 
-from reward_models.active import choose_batch, disagreement, fit_heads, priorities, rank, spread_over_prompts
+from reward_models.active import (
+    choose_batch,
+    disagreement,
+    fit_heads,
+    priorities,
+    rank,
+    spread_over_prompts,
+)
 from reward_models.probe import BradleyTerryFit
 
 
