@@ -49,7 +49,7 @@ from pathlib import Path
 import gradio as gr
 from sqlalchemy import and_, func, select
 
-from annotate import accounts, assignment, security
+from annotate import accounts, assignment, gold, security
 from annotate.accounts import Account
 from annotate.agreement import agreement_report
 from annotate.store import CHOICES, STRENGTHS, Annotator, Assignment, Comparison, Label, Store
@@ -191,6 +191,7 @@ def admin_stats(store: Store) -> dict:
         if secs is not None:
             seconds.setdefault(annotator_id, []).append(secs)
     report = agreement_report(store)
+    gold_scores = gold.scores(store)  # issue 7: share of gold control pairs answered right
     rows = []
     for aid, name, role, active in people:
         counts = shown.get(aid, dict.fromkeys(CHOICES, 0))
@@ -207,6 +208,7 @@ def admin_stats(store: Store) -> dict:
             "choices": counts,
             "percent_agreement": agree.get("percent_agreement"),
             "n_shared": agree.get("n_shared", 0),
+            **gold_scores.get(name, {"gold_answered": 0, "gold_correct": 0, "gold_accuracy": None}),
         })
     return {
         "annotators": rows,
@@ -216,7 +218,7 @@ def admin_stats(store: Store) -> dict:
 
 
 ADMIN_HEADERS = ["annotator", "role", "labels", "median s/label", "A (left)", "B (right)", "tie",
-                 "both bad", "agreement %", "shared items"]
+                 "both bad", "agreement %", "shared items", "gold correct %"]
 
 
 def _admin_view(stats: dict) -> tuple[str, list[list]]:
@@ -237,10 +239,40 @@ def _admin_view(stats: dict) -> tuple[str, list[list]]:
         [r["name"] + ("" if r["active"] else " (disabled)"), r["role"], r["labels"],
          "–" if r["median_seconds"] is None else r["median_seconds"],
          r["choices"]["A"], r["choices"]["B"], r["choices"]["tie"], r["choices"]["both_bad"],
-         pct(r["percent_agreement"]), r["n_shared"]]
+         pct(r["percent_agreement"]), r["n_shared"],
+         f"{pct(r['gold_accuracy'])} of {r['gold_answered']}" if r["gold_answered"] else "–"]
         for r in stats["annotators"]
     ]
     return summary, rows
+
+
+# --- label efficiency (issue 7; docs/active_learning.md) ------------------------------------------
+
+def start_label_efficiency(store: Store, config: WorkspaceConfig, workspace: Path):
+    """Gold pairs and the assignment strategy from workspace.yaml; the background refresher (or None)."""
+    from annotate import strategies
+    from annotate.refresh import Refresher
+
+    if config.gold_file:
+        path = Path(config.gold_file).expanduser()
+        gold.import_gold(store, str(path if path.is_absolute() else Path(workspace) / path))
+    strategies.set_policy(store, strategies.Policy(config.assignment_strategy, float(config.gold_rate)))
+    if config.assignment_strategy == "random":
+        return None
+    from reward_models.active import Featurizer, priorities
+
+    loaded: list = []
+
+    def featurize(items):  # the backbone loads in the refresher's thread, on first need
+        if not loaded:
+            loaded.append(Featurizer(config.active_backbone))
+        return loaded[0](items)
+
+    def ranker(*args):
+        return priorities(*args, ensemble=config.ensemble_size)
+
+    return Refresher(store, config.assignment_strategy, ranker, featurize, f"{config.active_backbone}@128",
+                     every=config.refresh_every).start()
 
 
 # --- the app --------------------------------------------------------------------------------------
@@ -267,6 +299,7 @@ def build_app(store: Store, config: WorkspaceConfig, workspace: Path | None = No
 
     lease = float(config.lease_minutes)
     workspace = Path(workspace) if workspace is not None else _default_workspace(store)
+    start_label_efficiency(store, config, workspace)
 
     def with_progress(pair: dict | None, user: Account) -> dict | None:
         if pair is not None:

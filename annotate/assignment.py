@@ -21,6 +21,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, exists, func, select, update
 
+from annotate import gold, strategies
 from annotate.accounts import Account
 from annotate.store import (
     CHOICES,
@@ -112,7 +113,9 @@ def _next_in(s, store: Store, user: Account, lease_minutes: float, rng) -> dict 
     )
     if not store.is_sqlite:
         query = query.with_for_update(skip_locked=True, of=Comparison)
-    cid = s.scalar(query)
+    # issue 7 (label efficiency): a gold control pair when one is due, else the strategy's order.
+    policy = strategies.policy_for(store)
+    cid = gold.due(s, store, user, policy.gold_rate, rng) or s.scalar(strategies.ordered(query, store))
     if cid is None:
         return None
     swapped = rng.random() < 0.5
@@ -159,6 +162,8 @@ def _submit_in(s, user: Account, comparison_id: int, choice: str, strength, note
         raise RewardlabError(
             f"comparison {comparison_id} is no longer open for you (skipped or full); call next_pair"
         )
+    if gold.is_gold(s, comparison_id):  # issue 7: a gold pair's answer is scored, not a label
+        return gold.record(s, a, _SWAP[choice] if a.swapped else choice)
     got_slot = s.execute(
         update(Comparison)
         .where(Comparison.id == comparison_id, Comparison.label_count < Comparison.overlap)

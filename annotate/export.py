@@ -31,6 +31,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import aliased
 
+from annotate import gold
 from annotate.agreement import report_from_labels
 from annotate.store import STRENGTH_MARGIN, Annotator, Comparison, Label, Prompt, Response, Store
 from rewardlab.errors import RewardlabError
@@ -70,7 +71,8 @@ def _collect(store: Store, tag: str | None):
         .where(Comparison.label_count > 0)
         .order_by(Comparison.id)
     )
-    unlabelled_q = select(func.count()).select_from(Comparison).where(Comparison.label_count == 0)
+    unlabelled_q = select(func.count()).select_from(Comparison).where(
+        Comparison.label_count == 0, Comparison.overlap > 0)  # overlap 0: gold pairs (issue 7), never labels
     if tag is not None:
         labels_q = labels_q.join(Comparison, Comparison.id == Label.comparison_id).where(Comparison.tag == tag)
         pairs_q = pairs_q.where(Comparison.tag == tag)
@@ -165,7 +167,8 @@ def export(store: Store, out_dir, *, style: str = "auto", jsonl: bool = False, t
         dataset.save_to_disk(str(tmp))
         if jsonl:
             write_jsonl(tmp / "preferences.jsonl", to_trl_rows(records, style=summary["style"]))
-        _write_json(tmp / "agreement.json", agreement)
+        gold_scores = gold.scores(store)  # issue 7: annotators' quality scores on gold pairs, when any
+        _write_json(tmp / "agreement.json", {**agreement, "gold": gold_scores} if gold_scores else agreement)
         _write_json(tmp / "export.json", summary)
         if out_dir.exists():
             out_dir.rename(old)

@@ -38,6 +38,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -226,6 +227,53 @@ class Job(Base):
         ),
         Index("ix_jobs_kind", "kind", "id"),
     )
+
+
+# --- active learning and gold pairs (issue 7: annotate/strategies.py, annotate/refresh.py, annotate/gold.py)
+# A separate block on purpose: four new tables that nothing above refers to, so a migration adds
+# them alone (tables ``response_features``, ``pair_priorities``, ``gold_pairs``, ``gold_answers``).
+
+
+class ResponseFeature(Base):
+    """A reply's frozen reward-backbone features (float32 bytes), cached so a refresh is milliseconds."""
+
+    __tablename__ = "response_features"
+    response_id: Mapped[int] = mapped_column(ForeignKey("responses.id", ondelete="CASCADE"), primary_key=True)
+    featurizer: Mapped[str] = mapped_column(String(200), primary_key=True)  # e.g. all-minilm-l6-v2@128
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class PairPriority(Base):
+    """How soon an open comparison should be labelled (higher first), from the latest refresh."""
+
+    __tablename__ = "pair_priorities"
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"), primary_key=True)
+    priority: Mapped[float] = mapped_column(Float)
+    strategy: Mapped[str] = mapped_column(String(32))
+    refreshed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class GoldPair(Base):
+    """A control pair with a known answer (canonical: ``A`` = response_a). Its comparison has overlap 0."""
+
+    __tablename__ = "gold_pairs"
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"), primary_key=True)
+    answer: Mapped[str] = mapped_column(String(8))
+    __table_args__ = (CheckConstraint("answer in ('A', 'B')", name="ck_gold_answer"),)
+
+
+class GoldAnswer(Base):
+    """One annotator's answer to a gold pair (canonical), and whether it matched."""
+
+    __tablename__ = "gold_answers"
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"), primary_key=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), primary_key=True)
+    choice: Mapped[str] = mapped_column(String(8))
+    correct: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+# --- end of active learning and gold pairs -------------------------------------------------------
 
 
 class Store:

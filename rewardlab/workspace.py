@@ -55,6 +55,20 @@ class WorkspaceConfig:
     """The failures above count when they fall within this many minutes."""
     login_cooldown_minutes: float = 15.0
     """How long sign-in stays refused after the last of those failures, even with the right password."""
+    assignment_strategy: str = "random"
+    """Which open pair next_pair offers first: random (insertion order, the baseline), margin
+    (smallest reward margin), disagreement (bootstrap reward heads disagree most) or diversity
+    (spread over prompts); see docs/active_learning.md."""
+    refresh_every: int = 20
+    """Refit the reward heads and re-rank the queue after this many new labels (in the background)."""
+    active_backbone: str = "all-minilm-l6-v2"
+    """Frozen backbone whose features the reward heads are fitted on (a name, alias or folder)."""
+    ensemble_size: int = 5
+    """Bootstrap reward heads behind the 'disagreement' strategy."""
+    gold_file: str = ""
+    """Preference file (chosen = right answer) whose pairs become gold control pairs (workspace-relative)."""
+    gold_rate: float = 0.0
+    """Share of each annotator's pairs that are gold control pairs, 0 to 0.5 (needs gold_file)."""
     extra: dict = field(default_factory=dict)
     """Settings of later stages, kept as written."""
 
@@ -62,6 +76,9 @@ class WorkspaceConfig:
 def default_workspace() -> Path:
     return Path(os.environ.get("REWARDLAB_WORKSPACE") or "rewardlab_workspace")
 
+
+STRATEGIES = ("random", "margin", "disagreement", "diversity")
+"""Assignment strategies (``assignment_strategy``); random is the baseline."""
 
 DB_ENV = "REWARDLAB_DB"
 """Environment variable with the default database URL (used when ``--db`` is not given)."""
@@ -114,7 +131,27 @@ def load_config(workspace: Path) -> WorkspaceConfig:
             f"{path}: login_max_failures must be a whole number >= 0 (0 turns the pause off), "
             f"got {cfg.login_max_failures!r}"
         )
+    _check_active(path, cfg)
     return cfg
+
+
+
+def _check_active(path: Path, cfg: WorkspaceConfig) -> None:
+    """The label-efficiency settings (issue 7)."""
+    if cfg.assignment_strategy not in STRATEGIES:
+        raise RewardlabError(f"{path}: assignment_strategy must be one of {', '.join(STRATEGIES)}, "
+                             f"got {cfg.assignment_strategy!r}")
+    for name in ("refresh_every", "ensemble_size"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100000:
+            raise RewardlabError(f"{path}: {name} must be a whole number >= 1, got {value!r}")
+    rate = cfg.gold_rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 0.5:
+        raise RewardlabError(f"{path}: gold_rate must be a number from 0 to 0.5, got {rate!r}")
+    if not isinstance(cfg.gold_file, str) or not isinstance(cfg.active_backbone, str):
+        raise RewardlabError(f"{path}: gold_file and active_backbone must be text")
+    if rate > 0 and not cfg.gold_file:
+        raise RewardlabError(f"{path}: gold_rate {rate} needs gold_file (the pairs with known answers)")
 
 
 def save_config(workspace: Path, cfg: WorkspaceConfig) -> Path:
