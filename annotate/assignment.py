@@ -110,11 +110,15 @@ def _next_in(s, store: Store, user: Account, lease_minutes: float, rng) -> dict 
         .order_by(Comparison.label_count.desc(), Comparison.id)
         .limit(1)
     )
-    if not store.is_sqlite:
-        query = query.with_for_update(skip_locked=True, of=Comparison)
-    cid = s.scalar(query)
-    if cid is None:
-        return None
+    if store.is_sqlite:
+        # BEGIN IMMEDIATE: this transaction is the only writer, so what it read still holds.
+        cid = s.scalar(query)
+        if cid is None:
+            return None
+    else:
+        cid = _lock_open_comparison(s, query, held)
+        if cid is None:
+            return None
     swapped = rng.random() < 0.5
     s.add(
         Assignment(
@@ -128,6 +132,31 @@ def _next_in(s, store: Store, user: Account, lease_minutes: float, rng) -> dict 
     )
     s.flush()
     return _pair_dict(s, cid, swapped)
+
+
+def _lock_open_comparison(s, query, held, tries: int = 20) -> int | None:
+    """PostgreSQL (READ COMMITTED, several processes): lock a comparison still open for a lease.
+
+    The pick locks its row (``FOR UPDATE SKIP LOCKED``: others move on to other rows), but it read
+    the leases as of its own start, so a lease committed by another process a moment before can be
+    missing. Every leaser holds this row lock while it leases, so a new statement, run while we
+    hold it, sees every lease there is: when that says the pair is taken, try the next one.
+    """
+    tried: list[int] = []
+    for _ in range(tries):
+        q = query.where(Comparison.id.not_in(tried)) if tried else query
+        cid = s.scalar(q.with_for_update(skip_locked=True, of=Comparison))
+        if cid is None:
+            return None
+        still_open = s.scalar(
+            select(func.count())
+            .select_from(Comparison)
+            .where(Comparison.id == cid, Comparison.label_count + held < Comparison.overlap)
+        )
+        if still_open:
+            return cid
+        tried.append(cid)
+    return None
 
 
 def _check_label(comparison_id, choice: str, strength: str | None, note: str):
@@ -150,7 +179,9 @@ def _check_label(comparison_id, choice: str, strength: str | None, note: str):
 def _submit_in(s, user: Account, comparison_id: int, choice: str, strength, note: str) -> bool:
     """Store the label inside the caller's transaction; False when others filled the pair first."""
     now = utcnow()
-    a = s.get(Assignment, (comparison_id, user.id))
+    # Locked (PostgreSQL; SQLite's writer is alone anyway): the same label sent twice at once, e.g.
+    # through two app processes, waits here and then finds the assignment done.
+    a = s.get(Assignment, (comparison_id, user.id), with_for_update=True)
     if a is None:
         raise RewardlabError(f"comparison {comparison_id} was not shown to you; call next_pair first")
     if a.status == "done":
