@@ -28,6 +28,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import OperationalError
 
 from annotate.store import SCHEMA_VERSION, Store
 from rewardlab.errors import RewardlabError
@@ -78,6 +79,8 @@ def status(url: str) -> dict:
     try:
         with store.engine.connect() as conn:
             version, revision = read_version(conn)
+    except OperationalError as exc:
+        raise store.open_error(exc) from None
     finally:
         store.close()
     return {"database": store.shown_url, "schema_version": version, "revision": revision,
@@ -110,6 +113,8 @@ def upgrade(url: str) -> tuple[int | None, int]:
                 command.stamp(cfg, revision_of(version))  # made before migrations existed
             command.upgrade(cfg, "head")
             new_version, _ = read_version(conn)
+    except OperationalError as exc:
+        raise store.open_error(exc) from None
     finally:
         store.close()
     return version, new_version

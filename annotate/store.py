@@ -230,9 +230,7 @@ class Store:
                     stamp_head(conn)
                     return
         except OperationalError as exc:
-            raise RewardlabError(
-                f"cannot open database {self.shown_url}: {exc.orig} (is the path writable?)"
-            ) from None
+            raise self.open_error(exc) from None
         if version == SCHEMA_VERSION:
             return
         if version is None:
@@ -246,6 +244,12 @@ class Store:
             f"database {self.shown_url} has schema version {version}; this rewardlab reads version "
             f"{SCHEMA_VERSION}: {hint}"
         )
+
+    def open_error(self, exc: OperationalError) -> RewardlabError:
+        """The one-line error for a database that cannot be reached or opened."""
+        hint = "is the path writable?" if self.is_sqlite else "is the server running, and the URL right?"
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(getattr(exc, "orig", exc)).strip() else exc
+        return RewardlabError(f"cannot open database {self.shown_url}: {reason} ({hint})")
 
     @contextmanager
     def _write_lock_ctx(self):

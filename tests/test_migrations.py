@@ -21,7 +21,7 @@ from annotate.store import SCHEMA_VERSION, Base, Label, Store
 from rewardlab.cli import main
 
 STORE_ENGINES = ("sqlite", "postgresql")  # `db_url` runs each test on both (tests/conftest.py)
-PREVIOUS = 1  # the schema version before the newest migration; 1 while the baseline is the newest
+PREVIOUS = max(1, SCHEMA_VERSION - 1)  # the version before the newest migration (1 while the baseline is newest)
 PASSWORD = "correct horse"
 
 
@@ -176,3 +176,17 @@ def test_export_after_upgrade(db_url, tmp_path):
 
     [row] = load_from_disk(str(tmp_path / "out"))  # the one labelled pair, chosen = canonical A
     assert (row["chosen"].strip(), row["rejected"].strip()) == ("answer 1", "answer 2")
+
+
+def test_unreachable_server_is_one_clear_line(capsys):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"postgresql+psycopg://nobody@127.0.0.1:{port}/nothing"
+    for argv in (["db", "upgrade", "--db", url], ["db", "status", "--db", url], ["users", "list", "--db", url]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("rewardlab: cannot open database"), err
+        assert "is the server running" in err
