@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from datetime import timedelta
 
 from sqlalchemy import delete, exists, func, select, update
@@ -134,19 +135,25 @@ def _next_in(s, store: Store, user: Account, lease_minutes: float, rng) -> dict 
     return _pair_dict(s, cid, swapped)
 
 
-def _lock_open_comparison(s, query, held, tries: int = 20) -> int | None:
+def _lock_open_comparison(s, query, held, tries: int = 20, waits: int = 100) -> int | None:
     """PostgreSQL (READ COMMITTED, several processes): lock a comparison still open for a lease.
 
     The pick locks its row (``FOR UPDATE SKIP LOCKED``: others move on to other rows), but it read
     the leases as of its own start, so a lease committed by another process a moment before can be
     missing. Every leaser holds this row lock while it leases, so a new statement, run while we
     hold it, sees every lease there is: when that says the pair is taken, try the next one.
+    When every open pair is locked by others at that instant (the end of a campaign), wait a
+    little and look again rather than answer "nothing left"; never block on a lock (no deadlocks).
     """
     tried: list[int] = []
-    for _ in range(tries):
+    while tries > 0:
         q = query.where(Comparison.id.not_in(tried)) if tried else query
         cid = s.scalar(q.with_for_update(skip_locked=True, of=Comparison))
         if cid is None:
+            if waits > 0 and s.scalar(q) is not None:  # open, but locked by others just now
+                waits -= 1
+                time.sleep(0.01)
+                continue
             return None
         still_open = s.scalar(
             select(func.count())
@@ -156,6 +163,7 @@ def _lock_open_comparison(s, query, held, tries: int = 20) -> int | None:
         if still_open:
             return cid
         tried.append(cid)
+        tries -= 1
     return None
 
 

@@ -36,8 +36,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 def pytest_generate_tests(metafunc):
-    if "store" in metafunc.fixturenames or "db_url" in metafunc.fixturenames:
-        engines = getattr(metafunc.module, "STORE_ENGINES", ("sqlite",))
+    engines = getattr(metafunc.module, "STORE_ENGINES", ("sqlite",))
+    if engines != ("sqlite",) and ("store" in metafunc.fixturenames or "db_url" in metafunc.fixturenames):
         name = "store" if "store" in metafunc.fixturenames else "db_url"
         metafunc.parametrize(name, engines, indirect=True)
 
@@ -73,7 +73,7 @@ def pg_server():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def pg_admin_url(pg_server) -> str:
     url, why = pg_server
     if url is None:
@@ -81,17 +81,30 @@ def pg_admin_url(pg_server) -> str:
     return url
 
 
-@pytest.fixture
-def pg_database(pg_admin_url, request):
-    """The URL of a fresh, empty PostgreSQL database, dropped after the test."""
+def fresh_pg_database(admin_url: str):
+    """Context: the URL of a new, empty PostgreSQL database, dropped afterwards."""
+    import contextlib
     import uuid
 
     import pg
 
-    name = "t_" + uuid.uuid4().hex[:12]
-    url = pg.create_database(pg_admin_url, name)
-    yield url
-    pg.drop_database(pg_admin_url, name)
+    @contextlib.contextmanager
+    def cm():
+        name = "t_" + uuid.uuid4().hex[:12]
+        url = pg.create_database(admin_url, name)
+        try:
+            yield url
+        finally:
+            pg.drop_database(admin_url, name)
+
+    return cm()
+
+
+@pytest.fixture
+def pg_database(pg_admin_url):
+    """The URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    with fresh_pg_database(pg_admin_url) as url:
+        yield url
 
 
 @pytest.fixture

@@ -25,23 +25,26 @@ if str(BENCH_DIR) not in sys.path:
 import annotators  # noqa: E402 - bench/annotators.py: build_db, start_app, drive, check_db
 
 
-@pytest.fixture
-def two_apps(pg_database, tmp_path):
+@pytest.fixture(scope="module")
+def two_apps(pg_admin_url, tmp_path_factory):
     """(db url, [url1, url2], annotator names): 120 pairs, overlap 2, 12 accounts, 2 processes."""
-    names = annotators.build_db(pg_database, comparisons=120, overlap=2, annotators=12)
+    from conftest import fresh_pg_database
 
-    def start(k):
-        port = annotators.free_port()
-        return annotators.start_app(annotators.annotate_cmd(pg_database, port, tmp_path), port,
-                                    tmp_path / f"app{k}.log")
+    tmp = tmp_path_factory.mktemp("two-apps")
+    with fresh_pg_database(pg_admin_url) as db:
+        names = annotators.build_db(db, comparisons=120, overlap=2, annotators=12)
 
-    with ThreadPoolExecutor(2) as pool:
-        started = list(pool.map(start, range(2)))
-    try:
-        yield pg_database, [u for _, u in started], names
-    finally:
-        for proc, _ in started:
-            annotators.stop_server(proc)
+        def start(k):
+            port = annotators.free_port()
+            return annotators.start_app(annotators.annotate_cmd(db, port, tmp), port, tmp / f"app{k}.log")
+
+        with ThreadPoolExecutor(2) as pool:
+            started = list(pool.map(start, range(2)))
+        try:
+            yield db, [u for _, u in started], names
+        finally:
+            for proc, _ in started:
+                annotators.stop_server(proc)
 
 
 def test_a_login_is_known_only_to_the_process_that_made_it(two_apps):
