@@ -8,16 +8,18 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from annotate.store import Annotator, Label, Store
+from annotate.store import Annotator, Label, Store, WebSession
 from rewardlab.errors import RewardlabError
 
 ROLES = ("annotator", "admin")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 # scrypt cost: 2**14 x 8 x 1 takes ~16 MB and ~40 ms, the interactive-login setting of RFC 7914.
 _N, _R, _P = 2**14, 8, 1
+MAX_PASSWORD_CHARS = 1024
+_dummy_hash: str | None = None  # checked against for unknown names, so both paths cost one scrypt
 
 
 def hash_password(password: str) -> str:
@@ -40,6 +42,13 @@ def verify_password(password: str, stored: str | None) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got.hex(), digest)
+
+
+def _check_password(password: str) -> None:
+    if len(password) < 8:
+        raise RewardlabError("password too short: use at least 8 characters")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise RewardlabError(f"password too long: use at most {MAX_PASSWORD_CHARS} characters")
 
 
 @dataclass
@@ -65,8 +74,7 @@ def add_user(store: Store, name: str, password: str, role: str = "annotator") ->
         )
     if role not in ROLES:
         raise RewardlabError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
-    if len(password) < 8:
-        raise RewardlabError("password too short: use at least 8 characters")
+    _check_password(password)
     try:
         with store.write() as s:
             a = Annotator(name=name, role=role, password_hash=hash_password(password), active=True)
@@ -78,14 +86,14 @@ def add_user(store: Store, name: str, password: str, role: str = "annotator") ->
 
 
 def set_password(store: Store, name: str, password: str) -> None:
-    if len(password) < 8:
-        raise RewardlabError("password too short: use at least 8 characters")
+    _check_password(password)
     with store.write() as s:
         a = s.scalar(select(Annotator).where(Annotator.name == name))
         if a is None or a.name.startswith("import:"):
             raise RewardlabError(f"no user named {name!r} (see `rewardlab users list`)")
         a.password_hash = hash_password(password)
         a.active = True
+        s.execute(delete(WebSession).where(WebSession.annotator_id == a.id))  # signed out everywhere
 
 
 def disable_user(store: Store, name: str) -> None:
@@ -94,6 +102,7 @@ def disable_user(store: Store, name: str) -> None:
         if a is None:
             raise RewardlabError(f"no user named {name!r} (see `rewardlab users list`)")
         a.active = False
+        s.execute(delete(WebSession).where(WebSession.annotator_id == a.id))  # signed out at once
 
 
 def list_users(store: Store) -> list[dict]:
@@ -112,9 +121,12 @@ def authenticate(store: Store, name: str, password: str) -> Account | None:
     """The active account with this name and password, else None."""
     with store.read() as s:
         a = s.scalar(select(Annotator).where(Annotator.name == name))
-        if a is None or not a.active:
-            # Spend the same time as a real check so user names cannot be probed by timing.
-            verify_password(password, hash_password("x" * 8))
+        if a is None or not a.active or len(password) > MAX_PASSWORD_CHARS:
+            # Spend the same time as a real check (one scrypt) so names cannot be probed by timing.
+            global _dummy_hash
+            if _dummy_hash is None:
+                _dummy_hash = hash_password(secrets.token_urlsafe(12))
+            verify_password(password[:MAX_PASSWORD_CHARS], _dummy_hash)
             return None
         return _account(a) if verify_password(password, a.password_hash) else None
 

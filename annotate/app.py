@@ -8,7 +8,9 @@ responses side by side, always as literal text: HTML or script inside a model's 
 displayed, never run. Keys: ``1`` A is better, ``2`` B is better, ``3`` tie, ``4`` both bad,
 ``s`` skip, ``u`` undo the last label. Strength (slight / clear) and a note are optional. Admins
 get an *Admin* tab with each annotator's progress, speed, label distribution and agreement;
-annotators never see anyone else's labels.
+annotators never see anyone else's labels. Admins also get the console tabs (data, reward model,
+PPO, evaluation, reward design, jobs): ``annotate/console_ui.py`` and docs/admin.md, which lists
+its own API endpoints (``/console_*``, admins only).
 
 Scripting API (the same login; ``gradio_client.Client(url, auth=(name, password))`` then
 ``client.predict(..., api_name="/next_pair")``). A and B are always *as shown to you*: the order
@@ -47,7 +49,7 @@ from pathlib import Path
 import gradio as gr
 from sqlalchemy import and_, func, select
 
-from annotate import accounts, assignment
+from annotate import accounts, assignment, security
 from annotate.accounts import Account
 from annotate.agreement import agreement_report
 from annotate.store import CHOICES, STRENGTHS, Annotator, Assignment, Comparison, Label, Store
@@ -255,9 +257,16 @@ def _chat(messages: list[dict]) -> list[dict]:
     return out
 
 
-def build_app(store: Store, config: WorkspaceConfig) -> gr.Blocks:
-    """The Blocks app over one shared store. Launch it with ``**launch_kwargs(store)``."""
+def build_app(store: Store, config: WorkspaceConfig, workspace: Path | None = None) -> gr.Blocks:
+    """The Blocks app over one shared store. Launch it with ``**launch_kwargs(store)``.
+
+    ``workspace``: the folder the admin console works in (paths in its forms are confined to it);
+    default: the SQLite database's folder, else ``$REWARDLAB_WORKSPACE`` or ./rewardlab_workspace.
+    """
+    from annotate import console_ui
+
     lease = float(config.lease_minutes)
+    workspace = Path(workspace) if workspace is not None else _default_workspace(store)
 
     def with_progress(pair: dict | None, user: Account) -> dict | None:
         if pair is not None:
@@ -331,11 +340,10 @@ def build_app(store: Store, config: WorkspaceConfig) -> gr.Blocks:
         pair = with_progress(assignment.next_pair(store, user, lease), user)
         who = f"Signed in as **{html.escape(user.name)}**" + (" (admin)" if user.is_admin else "")
         if user.is_admin:
-            summary, rows = _admin_view(admin_stats(store))
-            admin = [gr.Tab(visible=True), summary, rows]
+            admin = [gr.Tab(visible=True), *ui_admin_tables()]
         else:
-            admin = [gr.Tab(visible=False), "", []]
-        return [*view(pair, user), who, *admin]
+            admin = [gr.Tab(visible=False), "", [], [], []]
+        return [*view(pair, user), who, *admin, *console["load"](user.is_admin)]
 
     def ui_label(choice: str, cid, strength, note, request: gr.Request):
         user = _user(store, request)
@@ -371,9 +379,13 @@ def build_app(store: Store, config: WorkspaceConfig) -> gr.Blocks:
                         "Nothing to undo.")
         return view(pair, user, "Undone: your last label was removed; label this pair again.")
 
+    def ui_admin_tables():
+        report = console["progress_report"]()
+        return [*_admin_view(report), *console_ui.model_rows(report)]
+
     def ui_admin_refresh(request: gr.Request):
         _admin(store, request)
-        return _admin_view(admin_stats(store))
+        return ui_admin_tables()
 
     private = dict(api_visibility="private", concurrency_limit=CONCURRENCY_LIMIT)
     with gr.Blocks(title=config.title) as demo:
@@ -418,22 +430,38 @@ def build_app(store: Store, config: WorkspaceConfig) -> gr.Blocks:
                 admin_summary = gr.Markdown(elem_id="rl-admin-summary")
                 admin_table = gr.Dataframe(headers=ADMIN_HEADERS, interactive=False, wrap=True,
                                            elem_id="rl-admin-table")
+                model_table, pairs_table = console_ui.model_tables()
                 refresh = gr.Button("Refresh", size="sm", elem_id="rl-admin-refresh")
+            console = console_ui.build_console(store, workspace, lambda request: _admin(store, request),
+                                               CONCURRENCY_LIMIT)
 
         outputs = [cid_state, prompt_chat, resp_a, resp_b, progress_md, status_md, strength, note,
                    pair_col, done_md, *buttons[:5]]
-        demo.load(ui_load, outputs=[*outputs, who_md, admin_tab, admin_summary, admin_table], **private)
+        console_outputs = console["outside_tabs"]()
+        demo.load(ui_load, outputs=[*outputs, who_md, admin_tab, admin_summary, admin_table, model_table,
+                                    pairs_table, *console_outputs], **private)
         for button, (_, _, action, _) in zip(buttons, BUTTONS):
             if action in CHOICES:
                 button.click(_bind_label(ui_label, action), [cid_state, strength, note], outputs, **private)
         buttons[4].click(ui_skip, [cid_state], outputs, **private)
         buttons[5].click(ui_undo, None, outputs, **private)
-        refresh.click(ui_admin_refresh, None, [admin_summary, admin_table], **private)
+        refresh.click(ui_admin_refresh, None, [admin_summary, admin_table, model_table, pairs_table], **private)
 
         for fn, name in [(next_pair, "next_pair"), (submit_label, "submit_label"), (skip, "skip"),
                          (undo, "undo"), (progress, "progress"), (admin_stats_api, "admin_stats")]:
             gr.api(fn, api_name=name, concurrency_limit=CONCURRENCY_LIMIT)
     return demo
+
+
+def _default_workspace(store: Store) -> Path:
+    from sqlalchemy.engine import make_url
+
+    from rewardlab.workspace import default_workspace
+
+    database = make_url(store.url).database if store.is_sqlite else None
+    if database and database != ":memory:":
+        return Path(database).expanduser().resolve().parent
+    return default_workspace().expanduser().resolve()
 
 
 def _bind_label(ui_label, choice: str):
@@ -443,15 +471,12 @@ def _bind_label(ui_label, choice: str):
     return handler
 
 
-def launch_kwargs(store: Store) -> dict:
+def launch_kwargs(store: Store, config: WorkspaceConfig | None = None) -> dict:
     """What ``Blocks.launch`` needs besides host and port: the login, the keyboard script, CSS."""
-
-    def auth(username: str, password: str) -> bool:
-        return accounts.authenticate(store, username, password) is not None
-
     return {
-        "auth": auth,
-        "auth_message": "Sign in with the account your project admin created for you.",
+        # --- security hook (annotate/security.py): throttled sign-in, expiring sessions, logout ---
+        **security.launch_kwargs(store, config or WorkspaceConfig()),
+        # --- end of security hook ---
         "head": HEAD,
         "css": CSS,
         "max_threads": 40,
@@ -483,13 +508,13 @@ def serve(workspace: Path, db: str | None = None, host: str = "127.0.0.1", port:
         if not has_admin:
             print("  no admin account yet: add one with `rewardlab users add NAME --admin` "
                   "(and annotators with `rewardlab users add NAME`)", flush=True)
-    app = build_app(store, config)
+    app = build_app(store, config, workspace)
     # Everything loaded so far lives as long as the server: move it out of the collector's way so
     # full collections during requests stay short.
     gc.collect()
     gc.freeze()
     try:
-        app.launch(server_name=host, server_port=port, quiet=True, **launch_kwargs(store))
+        app.launch(server_name=host, server_port=port, quiet=True, **launch_kwargs(store, config))
     except OSError as exc:
         raise RewardlabError(f"cannot serve on {host}:{port}: {exc}; choose another --port") from None
     finally:

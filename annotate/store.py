@@ -13,6 +13,8 @@ Tables (``SCHEMA_VERSION`` is recorded in ``meta``; changes go through migration
   Unique per (comparison, annotator): nobody labels a pair twice.
 - ``assignments``: which annotator was shown which pair, in which left/right order, and whether
   it is open, skipped or done; an open one holds the pair back from others until it expires.
+- ``jobs``: background work the admin console started (a CLI command as a process): command,
+  config, status, pid and its start time, job folder (log, exit code), start and end.
 
 SQLite runs in WAL mode with foreign keys on; every write transaction starts with
 ``BEGIN IMMEDIATE`` (and, within one process, behind a lock) so concurrent annotators never hit
@@ -54,7 +56,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from rewardlab.errors import RewardlabError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: the first tables; 2: web_sessions, login_failures, jobs
 CHOICES = ("A", "B", "tie", "both_bad")
 STRENGTHS = ("slight", "clear")
 # Strength -> the `margin` column of an exported dataset (TRL RewardTrainer subtracts it inside the
@@ -168,6 +170,65 @@ class Assignment(Base):
     __table_args__ = (
         Index("ix_assignments_annotator", "annotator_id", "status"),
         Index("ix_assignments_open", "comparison_id", "status", "expires_at"),
+    )
+
+
+# --- security tables (annotate/security.py) -------------------------------------------------------
+# Kept in the database, not in memory, so that every app process serving one database sees the
+# same sessions and the same failed sign-ins. Added in schema version 2 (migration
+# annotate/migrations/versions/0002_sessions_and_jobs.py).
+
+
+class WebSession(Base):
+    """A signed-in browser or script: the sha256 of its cookie token (never the token itself)."""
+
+    __tablename__ = "web_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class LoginFailure(Base):
+    """One failed sign-in, counted against a key: ``user:<sha256 of the name>`` or ``addr:<ip>``."""
+
+    __tablename__ = "login_failures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    __table_args__ = (Index("ix_login_failures_key_at", "key", "at"),)
+
+
+# --- end of security tables -----------------------------------------------------------------------
+
+
+# --- jobs (the admin console's background work) ---------------------------------------------------
+# Added in schema version 2 (migration 0002_sessions_and_jobs.py); see annotate/jobs.py for what
+# the columns mean and how a status is recovered.
+
+JOB_STATUSES = ("running", "succeeded", "failed", "cancelled", "lost")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # generate | reward_train | ppo | evaluate | ...
+    command: Mapped[str] = mapped_column(Text)  # JSON list: the CLI arguments after `rewardlab`
+    config: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the form's values, as given
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the wrapper; its process group
+    proc_start: Mapped[float | None] = mapped_column(Float, nullable=True)  # the pid's start time (epoch s)
+    folder: Mapped[str] = mapped_column(Text, default="")  # job folder: log.txt, exit_code
+    out: Mapped[str] = mapped_column(Text, default="")  # the artifact folder the job writes
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    __table_args__ = (
+        CheckConstraint(
+            "status in ('running', 'succeeded', 'failed', 'cancelled', 'lost')", name="ck_job_status"
+        ),
+        Index("ix_jobs_kind", "kind", "id"),
     )
 
 

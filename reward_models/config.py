@@ -29,6 +29,8 @@ class RewardTrainConfig:
     """Longest prompt+reply in tokens; longer pairs are cut (prompt from the left), never dropped."""
     style: str = "auto"
     """Text layout: auto (chat template if the tokenizer has one, else explicit), conversational, explicit."""
+    head_init: str = "probe"
+    """Score head start: probe (fit on the frozen backbone's features first, see reward_models/probe.py) or random."""
     lora: bool = False
     """Train LoRA adapters plus the score head instead of all weights (merged into the saved model)."""
     lora_r: int = 16
@@ -92,6 +94,7 @@ def validate(config: RewardTrainConfig) -> RewardTrainConfig:
         (config.logging_steps >= 1, "logging_steps must be at least 1"),
         (config.time_budget_s is None or config.time_budget_s > 0, "time_budget_s must be positive or null"),
         (config.style in ("auto", "conversational", "explicit"), "style must be auto, conversational or explicit"),
+        (config.head_init in ("probe", "random"), "head_init must be probe or random"),
     ]
     for ok, message in checks:
         if not ok:

@@ -202,6 +202,22 @@ def _make_callback(metrics_path: Path, time_budget_s: float | None):
     return _RunCallback()
 
 
+def _probe_head(model, tokenizer, train_ds, config: RewardTrainConfig) -> dict:
+    """Fit the score head on the frozen backbone's features (reward_models/probe.py) before training."""
+    from tqdm.auto import tqdm
+
+    from reward_models.probe import probe_head
+
+    started = time.perf_counter()
+    margins = train_ds["margin"] if "margin" in train_ds.column_names else None
+    with tqdm(total=2 * len(train_ds), desc="probe: frozen features", unit="seq") as bar:
+        summary = probe_head(model, train_ds["chosen_ids"], train_ds["rejected_ids"], tokenizer.pad_token_id,
+                             margins=margins, seed=config.seed, batch_size=max(config.batch_size, 32),
+                             progress=bar.update)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    return summary
+
+
 def _head_name(model) -> str:
     for name in ("score", "classifier"):
         if hasattr(model, name):
@@ -297,6 +313,10 @@ def train_reward_model(config: RewardTrainConfig, data, out_dir, eval_data=None,
     train_ds, cut_train = encode_pairs(tokenizer, fmt, records)
     eval_ds, cut_eval = encode_pairs(tokenizer, fmt, eval_records) if eval_records else (None, 0)
 
+    probe = None
+    if config.head_init == "probe":
+        probe = _probe_head(model, tokenizer, train_ds, config)
+
     peft_config = None
     if config.lora:
         from peft import LoraConfig
@@ -341,7 +361,10 @@ def train_reward_model(config: RewardTrainConfig, data, out_dir, eval_data=None,
             dataloader_num_workers=0,
             dataloader_pin_memory=on_gpu,
         )
-    callback = _make_callback(metrics_path, config.time_budget_s)
+    budget = config.time_budget_s
+    if budget is not None and probe is not None:  # the probe's time counts against the budget
+        budget = max(1.0, budget - probe["seconds"])
+    callback = _make_callback(metrics_path, budget)
     trainer = _make_trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         processing_class=tokenizer, peft_config=peft_config, callbacks=[callback],
@@ -356,7 +379,7 @@ def train_reward_model(config: RewardTrainConfig, data, out_dir, eval_data=None,
             f"training stopped: the loss became {e.value} at step {e.step} (learning_rate "
             f"{config.learning_rate:g} too high, or bad data?){where}; lower learning_rate and retrain"
         ) from None
-    train_seconds = time.perf_counter() - started
+    train_seconds = time.perf_counter() - started + (probe["seconds"] if probe else 0.0)
     state = trainer.state
 
     # 5. Save a plain model folder (LoRA merged), tokenizer, layout, stats and the held-out report.
@@ -387,6 +410,7 @@ def train_reward_model(config: RewardTrainConfig, data, out_dir, eval_data=None,
         "pairs_train": len(records),
         "pairs_eval": len(eval_records),
         **counts,
+        "probe": probe,
         "truncated_train": cut_train,
         "truncated_eval": cut_eval,
         "steps": state.global_step,

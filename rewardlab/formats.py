@@ -392,12 +392,49 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
+MAX_JSON_DEPTH = 64  # nesting deeper than this is no record (and would exhaust Python's stack)
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _loads(text: str) -> Any:
+    """json.loads that also refuses what no store can hold: lone surrogates (``"\\ud800"``, not
+    UTF-8) and absurd nesting. Raises json.JSONDecodeError for all of them."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError(f"nested deeper than {MAX_JSON_DEPTH} levels", text, 0) from None
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH or _SURROGATE.search(text):
+        _check_json_value(value, text)
+    return value
+
+
+def _check_json_value(value: Any, text: str) -> None:
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise json.JSONDecodeError(f"nested deeper than {MAX_JSON_DEPTH} levels", text, 0)
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values())
+            stack.extend((k, depth) for k in v)
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v)
+        elif isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise json.JSONDecodeError(
+                    f"invalid text: a lone surrogate \\u{ord(v[e.start]):04x} (not Unicode text)", text,
+                    _SURROGATE.search(text).start(),
+                ) from None
+
+
 def _jsonl_rows(name: str, text: str) -> Iterator[tuple[str, Any]]:
     for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
-            yield f"{name}:row {n}", json.loads(line)
+            yield f"{name}:row {n}", _loads(line)
         except json.JSONDecodeError as e:
             yield f"{name}:row {n}", _Unreadable(f"invalid JSON ({e.msg} at column {e.colno})")
 
@@ -406,7 +443,7 @@ def _json_rows(name: str, text: str) -> Iterator[tuple[str, Any]]:
     body = text.strip()
     if body.startswith("["):
         try:
-            rows = json.loads(body)
+            rows = _loads(body)
         except json.JSONDecodeError as e:
             raise RewardlabError(
                 f"{name}:line {e.lineno}: invalid JSON ({e.msg} at column {e.colno}); fix the file, "
@@ -414,7 +451,7 @@ def _json_rows(name: str, text: str) -> Iterator[tuple[str, Any]]:
             ) from None
         return ((f"{name}:row {i}", row) for i, row in enumerate(rows, 1))
     try:
-        return iter([(f"{name}:row 1", json.loads(body))])  # one (pretty-printed) object
+        return iter([(f"{name}:row 1", _loads(body))])  # one (pretty-printed) object
     except json.JSONDecodeError:
         return _jsonl_rows(name, text)  # JSON lines in a .json file, as datasets accepts
 
@@ -444,7 +481,7 @@ def _csv_rows(name: str, text: str) -> tuple[Iterator[tuple[str, Any]], list[str
                 v = row.get(k, "").strip()
                 if v.startswith("[{") and v.endswith("}]"):  # a message list written as JSON
                     try:
-                        row[k] = json.loads(v)
+                        row[k] = _loads(v)
                     except json.JSONDecodeError:
                         pass
             yield f"{name}:row {n}", row
@@ -515,7 +552,11 @@ def _open_rows(source: str) -> tuple[Iterator[tuple[str, Any]], list[str] | None
 
 
 def _columns_hint(columns: list[str]) -> str:
-    shown = ", ".join(columns[:12]) + (", ..." if len(columns) > 12 else "")
+    def one(c: str) -> str:  # a header cell may hold anything, newlines included: keep one line
+        c = c if len(c) <= 40 else c[:40] + "..."
+        return c if c.isprintable() else repr(c)
+
+    shown = ", ".join(one(c) for c in columns[:12]) + (", ..." if len(columns) > 12 else "")
     return f"found: {shown or 'none'}"
 
 

@@ -45,6 +45,16 @@ class WorkspaceConfig:
     """How many distinct annotators label each new comparison (agreement needs 2 or more)."""
     lease_minutes: float = 10.0
     """How long a pair shown to one annotator is held back from others before it is offered again."""
+    session_idle_hours: float = 12.0
+    """A signed-in session ends after this many hours without a request (sign in again)."""
+    session_max_hours: float = 168.0
+    """A session ends this many hours after sign-in, however active (one week by default)."""
+    login_max_failures: int = 5
+    """Failed sign-ins, per user name and per client address, that pause sign-in (0: never pause)."""
+    login_window_minutes: float = 5.0
+    """The failures above count when they fall within this many minutes."""
+    login_cooldown_minutes: float = 15.0
+    """How long sign-in stays refused after the last of those failures, even with the right password."""
     extra: dict = field(default_factory=dict)
     """Settings of later stages, kept as written."""
 
@@ -53,8 +63,24 @@ def default_workspace() -> Path:
     return Path(os.environ.get("REWARDLAB_WORKSPACE") or "rewardlab_workspace")
 
 
+DB_ENV = "REWARDLAB_DB"
+"""Environment variable with the default database URL (used when ``--db`` is not given)."""
+
+
 def db_url(value: str | None, workspace: Path | None = None) -> str:
-    """Turn ``--db`` (an SQLAlchemy URL, a file path, or nothing) into a URL."""
+    """Turn ``--db`` (an SQLAlchemy URL, a file path, ``env:NAME``, or nothing) into a URL.
+
+    ``env:NAME`` reads the URL from the environment variable NAME, so a URL with a password never
+    appears in a process list or a job's recorded command; with no value, ``$REWARDLAB_DB`` is used
+    when set, else the workspace's SQLite file.
+    """
+    if value and value.startswith("env:"):
+        name = value[4:]
+        if not os.environ.get(name):
+            raise RewardlabError(f"database {value}: the environment variable {name} is not set")
+        value = os.environ[name]
+    elif not value and os.environ.get(DB_ENV):
+        value = os.environ[DB_ENV]
     if value and "://" in value:
         return value
     if value:
@@ -78,6 +104,16 @@ def load_config(workspace: Path) -> WorkspaceConfig:
     cfg.extra = {k: v for k, v in raw.items() if k not in known}
     if not isinstance(cfg.overlap, int) or cfg.overlap < 1:
         raise RewardlabError(f"{path}: overlap must be a whole number >= 1, got {cfg.overlap!r}")
+    for name in ("session_idle_hours", "session_max_hours", "login_window_minutes", "login_cooldown_minutes"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+            raise RewardlabError(f"{path}: {name} must be a number > 0 (and < 1e6), got {value!r}")
+    if isinstance(cfg.login_max_failures, bool) or not isinstance(cfg.login_max_failures, int) \
+            or cfg.login_max_failures < 0:
+        raise RewardlabError(
+            f"{path}: login_max_failures must be a whole number >= 0 (0 turns the pause off), "
+            f"got {cfg.login_max_failures!r}"
+        )
     return cfg
 
 

@@ -9,6 +9,7 @@ from collections import Counter
 from contextlib import contextmanager
 from datetime import timedelta
 
+import httpx
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError, AuthenticationError
@@ -61,10 +62,11 @@ def free_port() -> int:
 
 @contextmanager
 def running(store: Store, config: WorkspaceConfig | None = None):
-    demo = build_app(store, config or WorkspaceConfig())
+    config = config or WorkspaceConfig()
+    demo = build_app(store, config)
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                **launch_kwargs(store))
+                **launch_kwargs(store, config))
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -128,7 +130,7 @@ def test_disabled_account_is_refused_at_once(app, clients):
     alice = clients(url, "alice")
     assert call(alice, "next_pair") is not None
     disable_user(store, "alice")
-    with pytest.raises(AppError, match="disabled"):
+    with pytest.raises(httpx.HTTPStatusError, match="401"):  # her session ended with the account
         call(alice, "next_pair")
     with pytest.raises(ValueError):
         Client(url, auth=("alice", PASSWORD), verbose=False)

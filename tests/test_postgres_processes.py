@@ -1,6 +1,7 @@
 """Two real app processes (``python -m rewardlab.cli annotate --db URL --port P``) on one PostgreSQL
-database: what Gradio keeps per process (why the proxy must be sticky), and the nginx file of
-docs/deploy.md, as printed there, in front of them with TLS and concurrent annotators."""
+database: what is shared (sign-ins) and what Gradio keeps per process (its queue: why the proxy
+must be sticky), and the nginx file of docs/deploy.md, as printed there, in front of them with TLS
+and concurrent annotators."""
 
 from __future__ import annotations
 
@@ -47,15 +48,37 @@ def two_apps(pg_admin_url, tmp_path_factory):
                 annotators.stop_server(proc)
 
 
-def test_a_login_is_known_only_to_the_process_that_made_it(two_apps):
+def test_sign_in_holds_on_every_process_but_a_queued_call_only_on_its_own(two_apps):
     _, (a, b), names = two_apps
     login = httpx.post(a + "login", data={"username": names[0], "password": annotators.PASSWORD})
     assert login.status_code == 200, login.text
     cookies = dict(login.cookies)
-    assert any(k.startswith("access-token") for k in cookies)
-    assert httpx.get(a + "config", cookies=cookies).status_code == 200
-    # The same cookie on the other process: unknown there. Hence sticky sessions (docs/deploy.md).
-    assert httpx.get(b + "config", cookies=cookies).status_code == 401
+    # Sessions live in the database (annotate/security.py): the other process accepts the sign-in.
+    assert httpx.get(b + "config", cookies=cookies).status_code == 200
+    config = httpx.get(a + "config", cookies=cookies).json()
+    [fn] = [d["id"] for d in config["dependencies"] if d.get("api_name") == "next_pair"]
+
+    def call(stream_at: str) -> str:
+        """Join Gradio's queue at process a, read the event stream at ``stream_at``; the first
+        message that is neither an estimate nor a start."""
+        session = f"s{time.monotonic_ns()}"
+        join = httpx.post(a + "gradio_api/queue/join", cookies=cookies, json={
+            "data": [], "fn_index": fn, "session_hash": session, "event_data": None, "trigger_id": None})
+        assert join.status_code == 200, join.text
+        try:
+            with httpx.stream("GET", f"{stream_at}gradio_api/queue/data?session_hash={session}",
+                              cookies=cookies, timeout=30) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data:") and '"estimation"' not in line and '"process_starts"' not in line:
+                        return line
+        except httpx.RemoteProtocolError:
+            pass  # the other process closes the stream after its error message
+        return ""
+
+    # The queue (a join, then an event stream carrying the result) lives in one process's memory:
+    # the stream must reach the process that took the join. Hence sticky sessions (docs/deploy.md).
+    assert '"session_not_found":true' in call(b).replace(" ", "")
+    assert '"process_completed"' in call(a)
 
 
 def _nginx_conf(tmp: Path, listen_port: int, backends: list[str], cert: Path, key: Path) -> Path:

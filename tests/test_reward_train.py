@@ -50,7 +50,8 @@ def trained(tiny_model_dir, tmp_path_factory):
     rows += [{"prompt": "empty?", "chosen": "", "rejected": "something"},
              {"prompt": "empty?", "chosen": "something", "rejected": "  "}]
     data = write_jsonl(tmp / "prefs.jsonl", rows)
-    config = RewardTrainConfig(model=str(tiny_model_dir), max_steps=30, eval_fraction=0.25, **FAST)
+    # head_init random: this shows RewardTrainer itself learning (the probe alone would separate these)
+    config = RewardTrainConfig(model=str(tiny_model_dir), max_steps=30, eval_fraction=0.25, head_init="random", **FAST)
     summary = train_reward_model(config, data, tmp / "out")
     return summary, tmp / "out"
 
@@ -159,3 +160,20 @@ def test_cli_train_smoke(tiny_model_dir, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("rewardlab: unknown config key 'learnin_rate'") and "learning_rate" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_probe_head_alone_ranks_pairs_before_training(tiny_model_dir, tmp_path):
+    """head_init probe: with a learning rate of ~0 the fitted head already separates held-out pairs."""
+    data = write_jsonl(tmp_path / "prefs.jsonl", separable_rows(96, seed=3))
+    config = RewardTrainConfig(model=str(tiny_model_dir), eval_fraction=0.25, head_init="probe",
+                               **{**FAST, "learning_rate": 1e-12}, max_steps=1)
+    summary = train_reward_model(config, data, tmp_path / "out")
+    assert summary["probe"]["pairs"] == 72 and summary["probe"]["l2"] > 0
+    assert summary["eval"]["accuracy"] >= 0.8, (summary["probe"], summary["eval"])
+    # a random head on the same data and step count separates nothing with any confidence (its
+    # accuracy is a coin flip of one sign here: the pairs differ in one token)
+    config.head_init = "random"
+    baseline = train_reward_model(config, data, tmp_path / "out_random")
+    assert baseline["probe"] is None
+    assert summary["eval"]["mean_margin"] > 1.0
+    assert abs(baseline["eval"]["mean_margin"]) < 0.1 * summary["eval"]["mean_margin"], baseline["eval"]

@@ -75,7 +75,7 @@ def test_schema_version_recorded_and_mismatch_refused(tmp_path):
     con.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     con.commit()
     con.close()
-    with pytest.raises(RewardlabError, match="schema version 999.*reads version 1"):
+    with pytest.raises(RewardlabError, match=f"schema version 999.*reads version {SCHEMA_VERSION}"):
         Store(f"sqlite:///{path}")
 
 

@@ -55,7 +55,7 @@ class PromptStats:
 
 def is_store(source: str) -> bool:
     """True if ``source`` names an annotation store (an SQLAlchemy URL or an SQLite file)."""
-    return "://" in source or Path(source).suffix.lower() in STORE_SUFFIXES
+    return "://" in source or source.startswith("env:") or Path(source).suffix.lower() in STORE_SUFFIXES
 
 
 def read_store_prompts(url: str) -> list[list[dict]]:
@@ -63,6 +63,10 @@ def read_store_prompts(url: str) -> list[list[dict]]:
     from sqlalchemy import MetaData, Table, create_engine, select
     from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
+    if url.startswith("env:"):
+        from rewardlab.workspace import db_url
+
+        url = db_url(url)
     if "://" not in url:
         path = Path(url).expanduser()
         if not path.is_file():
