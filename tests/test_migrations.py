@@ -190,3 +190,23 @@ def test_unreachable_server_is_one_clear_line(capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("rewardlab: cannot open database"), err
         assert "is the server running" in err
+
+
+def test_version_1_with_tables_added_on_start_by_earlier_builds(db_url):
+    # Between the sessions/jobs tables and migrations, rewardlab added them to version-1 databases
+    # on start (create_all): such a database upgrades too, keeping them.
+    from annotate.store import Job, LoginFailure, WebSession
+
+    build_previous(db_url, with_alembic_table=False)
+    engine = create_engine(db_url)
+    Base.metadata.create_all(engine, tables=[WebSession.__table__, LoginFailure.__table__, Job.__table__])
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO login_failures (key, at) VALUES ('user:x', '2026-01-01 00:00:00')"))
+    engine.dispose()
+    assert main(["db", "upgrade", "--db", db_url]) == 0
+    assert status(db_url)["schema_version"] == SCHEMA_VERSION
+    assert schema_diffs(db_url) == []
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM login_failures")).scalar() == 1
+    engine.dispose()

@@ -2,6 +2,8 @@
 the same ones), and the admin console's background jobs.
 
 Written out here, not taken from annotate/store.py, so that it keeps describing version 2.
+Builds of rewardlab between these tables and migrations added them to version-1 databases on
+start; such a table is kept as it is.
 """
 
 import sqlalchemy as sa
@@ -14,6 +16,17 @@ depends_on = None
 
 
 def upgrade() -> None:
+    existing = set(sa.inspect(op.get_bind()).get_table_names())
+    if "web_sessions" not in existing:
+        _web_sessions()
+    if "login_failures" not in existing:
+        _login_failures()
+    if "jobs" not in existing:
+        _jobs()
+    op.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+
+def _web_sessions() -> None:
     op.create_table(
         "web_sessions",
         sa.Column("token_hash", sa.String(64), primary_key=True),
@@ -23,6 +36,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_web_sessions_annotator_id", "web_sessions", ["annotator_id"])
     op.create_index("ix_web_sessions_last_seen", "web_sessions", ["last_seen"])
+
+
+def _login_failures() -> None:
     op.create_table(
         "login_failures",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -31,6 +47,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_login_failures_at", "login_failures", ["at"])
     op.create_index("ix_login_failures_key_at", "login_failures", ["key", "at"])
+
+
+def _jobs() -> None:
     op.create_table(
         "jobs",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -49,7 +68,6 @@ def upgrade() -> None:
         sa.CheckConstraint("status in ('running', 'succeeded', 'failed', 'cancelled', 'lost')", name="ck_job_status"),
     )
     op.create_index("ix_jobs_kind", "jobs", ["kind", "id"])
-    op.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
 
 
 def downgrade() -> None:
