@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from datetime import timedelta
 
 from sqlalchemy import delete, exists, func, select, update
@@ -111,11 +112,16 @@ def _next_in(s, store: Store, user: Account, lease_minutes: float, rng) -> dict 
         .order_by(Comparison.label_count.desc(), Comparison.id)
         .limit(1)
     )
-    if not store.is_sqlite:
-        query = query.with_for_update(skip_locked=True, of=Comparison)
     # issue 7 (label efficiency): a gold control pair when one is due, else the strategy's order.
     policy = strategies.policy_for(store)
-    cid = gold.due(s, store, user, policy.gold_rate, rng) or s.scalar(strategies.ordered(query, store))
+    cid = gold.due(s, store, user, policy.gold_rate, rng)
+    if cid is None:
+        query = strategies.ordered(query, store)
+        if store.is_sqlite:
+            # BEGIN IMMEDIATE: this transaction is the only writer, so what it read still holds.
+            cid = s.scalar(query)
+        else:
+            cid = _lock_open_comparison(s, query, held)
     if cid is None:
         return None
     swapped = rng.random() < 0.5
@@ -131,6 +137,38 @@ def _next_in(s, store: Store, user: Account, lease_minutes: float, rng) -> dict 
     )
     s.flush()
     return _pair_dict(s, cid, swapped)
+
+
+def _lock_open_comparison(s, query, held, tries: int = 20, waits: int = 100) -> int | None:
+    """PostgreSQL (READ COMMITTED, several processes): lock a comparison still open for a lease.
+
+    The pick locks its row (``FOR UPDATE SKIP LOCKED``: others move on to other rows), but it read
+    the leases as of its own start, so a lease committed by another process a moment before can be
+    missing. Every leaser holds this row lock while it leases, so a new statement, run while we
+    hold it, sees every lease there is: when that says the pair is taken, try the next one.
+    When every open pair is locked by others at that instant (the end of a campaign), wait a
+    little and look again rather than answer "nothing left"; never block on a lock (no deadlocks).
+    """
+    tried: list[int] = []
+    while tries > 0:
+        q = query.where(Comparison.id.not_in(tried)) if tried else query
+        cid = s.scalar(q.with_for_update(skip_locked=True, of=Comparison))
+        if cid is None:
+            if waits > 0 and s.scalar(q) is not None:  # open, but locked by others just now
+                waits -= 1
+                time.sleep(0.01)
+                continue
+            return None
+        still_open = s.scalar(
+            select(func.count())
+            .select_from(Comparison)
+            .where(Comparison.id == cid, Comparison.label_count + held < Comparison.overlap)
+        )
+        if still_open:
+            return cid
+        tried.append(cid)
+        tries -= 1
+    return None
 
 
 def _check_label(comparison_id, choice: str, strength: str | None, note: str):
@@ -153,7 +191,9 @@ def _check_label(comparison_id, choice: str, strength: str | None, note: str):
 def _submit_in(s, user: Account, comparison_id: int, choice: str, strength, note: str) -> bool:
     """Store the label inside the caller's transaction; False when others filled the pair first."""
     now = utcnow()
-    a = s.get(Assignment, (comparison_id, user.id))
+    # Locked (PostgreSQL; SQLite's writer is alone anyway): the same label sent twice at once, e.g.
+    # through two app processes, waits here and then finds the assignment done.
+    a = s.get(Assignment, (comparison_id, user.id), with_for_update=True)
     if a is None:
         raise RewardlabError(f"comparison {comparison_id} was not shown to you; call next_pair first")
     if a.status == "done":

@@ -1,6 +1,7 @@
 """The annotation store: SQLAlchemy 2 schema, the engine, and the bulk writes of imports.
 
-Tables (``SCHEMA_VERSION`` is recorded in ``meta``):
+Tables (``SCHEMA_VERSION`` is recorded in ``meta``; changes go through migrations, see
+``annotate/migrate.py``):
 
 - ``annotators``: name, role (``annotator`` | ``admin``), scrypt password hash, active flag.
   Imported labels belong to inactive accounts named ``import:<source>`` with no password.
@@ -17,7 +18,9 @@ Tables (``SCHEMA_VERSION`` is recorded in ``meta``):
 
 SQLite runs in WAL mode with foreign keys on; every write transaction starts with
 ``BEGIN IMMEDIATE`` (and, within one process, behind a lock) so concurrent annotators never hit
-"database is locked" half-way through. Any other SQLAlchemy URL (PostgreSQL) works unchanged.
+"database is locked" half-way through. On PostgreSQL (``postgresql+psycopg://...``), several app
+processes can share one database: the rules of ``annotate/assignment.py`` hold through row locks
+and conditional updates instead.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    insert,
+    inspect,
     select,
 )
 from sqlalchemy.engine import make_url
@@ -52,7 +57,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from rewardlab.errors import RewardlabError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3  # 1: the first tables; 2: web_sessions, login_failures, jobs; 3: active learning, gold
 CHOICES = ("A", "B", "tie", "both_bad")
 STRENGTHS = ("slight", "clear")
 # Strength -> the `margin` column of an exported dataset (TRL RewardTrainer subtracts it inside the
@@ -171,9 +176,8 @@ class Assignment(Base):
 
 # --- security tables (annotate/security.py) -------------------------------------------------------
 # Kept in the database, not in memory, so that every app process serving one database sees the
-# same sessions and the same failed sign-ins. Added after schema version 1: ``create_all`` adds them
-# to an existing database; a migration must create them too (tables ``web_sessions``,
-# ``login_failures``).
+# same sessions and the same failed sign-ins. Added in schema version 2 (migration
+# annotate/migrations/versions/0002_sessions_and_jobs.py).
 
 
 class WebSession(Base):
@@ -200,8 +204,8 @@ class LoginFailure(Base):
 
 
 # --- jobs (the admin console's background work) ---------------------------------------------------
-# A separate block on purpose: the table is new and nothing above refers to it, so a migration adds
-# it alone (see annotate/jobs.py for what the columns mean and how a status is recovered).
+# Added in schema version 2 (migration 0002_sessions_and_jobs.py); see annotate/jobs.py for what
+# the columns mean and how a status is recovered.
 
 JOB_STATUSES = ("running", "succeeded", "failed", "cancelled", "lost")
 
@@ -279,7 +283,7 @@ class GoldAnswer(Base):
 class Store:
     """A connection to one annotation database. Thread-safe; share one per process."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, init_schema: bool = True):
         self.url = url
         try:
             parsed = make_url(url)
@@ -314,25 +318,47 @@ class Store:
         self._write_engine = self.engine.execution_options(rewardlab_write=True)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
-        self._init_schema()
+        if init_schema:
+            self._init_schema()
 
     def _init_schema(self) -> None:
+        """Build a new database from the models, or check that an existing one is current.
+
+        An older schema is refused with the command that upgrades it (``annotate/migrate.py``):
+        upgrades are a deliberate step, taken once, not something each app process races to do.
+        """
+        from annotate.migrate import lock_schema, read_version, stamp_head
+
         try:
-            with self._write_lock_ctx():
-                Base.metadata.create_all(self._write_engine)
-                with self._write.begin() as s:
-                    row = s.get(Meta, "schema_version")
-                    if row is None:
-                        s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-                    elif row.value != str(SCHEMA_VERSION):
-                        raise RewardlabError(
-                            f"database {self.shown_url} has schema version {row.value}; this rewardlab "
-                            f"reads version {SCHEMA_VERSION}: upgrade rewardlab or use another --db"
-                        )
+            with self._write_lock_ctx(), self._write_engine.begin() as conn:
+                lock_schema(conn)
+                version, _ = read_version(conn)
+                if version is None and not inspect(conn).has_table("meta"):
+                    Base.metadata.create_all(conn)
+                    conn.execute(insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                    stamp_head(conn)
+                    return
         except OperationalError as exc:
+            raise self.open_error(exc) from None
+        if version == SCHEMA_VERSION:
+            return
+        if version is None:
             raise RewardlabError(
-                f"cannot open database {self.shown_url}: {exc.orig} (is the path writable?)"
-            ) from None
+                f"database {self.shown_url} has a 'meta' table without a schema version: "
+                "not a rewardlab database, or a damaged one"
+            )
+        hint = (f"run `rewardlab db upgrade --db {self.shown_url}` (back it up first, see docs/deploy.md)"
+                if version < SCHEMA_VERSION else "upgrade rewardlab or use another --db")
+        raise RewardlabError(
+            f"database {self.shown_url} has schema version {version}; this rewardlab reads version "
+            f"{SCHEMA_VERSION}: {hint}"
+        )
+
+    def open_error(self, exc: OperationalError) -> RewardlabError:
+        """The one-line error for a database that cannot be reached or opened."""
+        hint = "is the path writable?" if self.is_sqlite else "is the server running, and the URL right?"
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(getattr(exc, "orig", exc)).strip() else exc
+        return RewardlabError(f"cannot open database {self.shown_url}: {reason} ({hint})")
 
     @contextmanager
     def _write_lock_ctx(self):

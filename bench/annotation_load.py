@@ -11,7 +11,8 @@ server, ``--max-load-seconds`` without thinking: what the server sustains (``max
 think time, 32 annotators keep 32 calls in flight, so latency is 32 / throughput by Little's law
 whatever the code does; the latency target is met or missed at the thinking load.
 
-The annotators are spread over ``--client-procs`` processes, each sharing one ``ssl.SSLContext``
+The annotators (``bench/annotators.py``, shared with ``bench/team_load.py``) are spread over
+``--client-procs`` processes, each sharing one ``ssl.SSLContext``
 (passed as ``ssl_verify``): plain gradio_client builds a new httpx client per request, and each loads
 the CA bundle, ~60 ms of client CPU per call, which on 2 cores would be what is measured
 (``--stock-client`` measures it that way). CPU used by the server, the clients and everything else on
@@ -39,30 +40,27 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import multiprocessing as mp
 import os
-import random
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-PASSWORD = "bench-password"
-CHOICES = ("A", "B", "tie", "both_bad")
-_SWAP = {"A": "B", "B": "A", "tie": "tie", "both_bad": "both_bad"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from annotators import (  # noqa: E402 - the shared simulated annotators (bench/annotators.py)
+    _pct,
+    annotate_cmd,
+    build_db,
+    check_db,
+    drive,
+    free_port,
+    start_app,
+    stop_server,
+)
 
 
 def log(msg: str) -> None:
@@ -70,32 +68,6 @@ def log(msg: str) -> None:
 
 
 # --- the workspace ------------------------------------------------------------------------------
-
-def build_db(path: Path, comparisons: int, overlap: int, annotators: int, seed: int = 0) -> list[str]:
-    """A fresh SQLite store at ``path`` with ``comparisons`` pairs and ``annotators`` accounts."""
-    from annotate.accounts import add_user
-    from annotate.store import Store
-    from rewardlab.formats import PromptRecord
-
-    rng = random.Random(seed)
-    words = "the a model answer question reward policy label pair human prefer better worse clear".split()
-    store = Store("sqlite:///" + str(path))
-    try:
-        with store.write() as s:
-            for i in range(comparisons):
-                q = f"Question {i}: " + " ".join(rng.choice(words) for _ in range(20)) + "?"
-                pid = store.prompt_id_for(s, PromptRecord(messages=[{"role": "user", "content": q}]),
-                                          source="bench")
-                r1 = store.response_id_for(s, pid, "model-x", " ".join(rng.choice(words) for _ in range(80)))
-                r2 = store.response_id_for(s, pid, "model-y", " ".join(rng.choice(words) for _ in range(80)))
-                store.comparison_for(s, pid, r1, r2, overlap=overlap, tag="bench")
-        names = [f"bench{i:03d}" for i in range(annotators)]
-        for name in names:
-            add_user(store, name, PASSWORD)
-    finally:
-        store.close()  # last connection: the WAL is checkpointed into the file
-    return names
-
 
 def copy_db(src: Path, dst: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
@@ -105,20 +77,6 @@ def copy_db(src: Path, dst: Path) -> None:
 
 # --- the server ---------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def server_env() -> dict:
-    env = dict(os.environ)
-    env.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.pop("GRADIO_DEFAULT_CONCURRENCY_LIMIT", None)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def start_server(db: Path, workdir: Path, *, stock: bool, profile: Path | None, log_path: Path,
                  experiments: str = ""):
     """Start the app as its own process; returns (Popen, url) once it answers HTTP.
@@ -127,50 +85,18 @@ def start_server(db: Path, workdir: Path, *, stock: bool, profile: Path | None, 
     profiling and experiments go through this script's ``--serve`` launcher.
     """
     port = free_port()
-    common = ["--db", "sqlite:///" + str(db), "--port", str(port), "--workspace", str(workdir)]
+    url = "sqlite:///" + str(db)
     if stock or profile is not None or experiments:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve",
-               "--concurrency", "default" if stock else "app", *common]
+               "--concurrency", "default" if stock else "app",
+               "--db", url, "--port", str(port), "--workspace", str(workdir)]
         if profile is not None:
             cmd += ["--profile-out", str(profile)]
         if experiments:
             cmd += ["--experiment", experiments]
     else:
-        cmd = [sys.executable, "-m", "rewardlab.cli", "annotate", *common, "--no-demo"]
-    out = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=server_env(), stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    out.close()
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}; see {log_path}:\n"
-                               + log_path.read_text(errors="replace")[-2000:])
-        try:
-            with urllib.request.urlopen(url + "config", timeout=2):
-                pass
-            return proc, url
-        except urllib.error.HTTPError:
-            return proc, url  # it answers (401 before login)
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.25)
-    stop_server(proc)
-    raise RuntimeError(f"the server did not answer on {url} within 120 s; see {log_path}")
-
-
-def stop_server(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and nothing else
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
+        cmd = annotate_cmd(url, port, workdir)
+    return start_app(cmd, port, log_path)
 
 
 def serve_main(args) -> None:
@@ -270,229 +196,7 @@ def _install_timers(app, out: Path) -> None:
 
 # --- the annotators -----------------------------------------------------------------------------
 
-def _annotator(url: str, name: str, think: float, seed: int, ready: threading.Barrier,
-               go: mp.Event, t0, seconds: float, result: dict, ssl_verify) -> None:
-    from gradio_client import Client
-
-    rng = random.Random(seed)
-    lat, acks, errors = [], [], []
-    client = None
-    try:
-        client = Client(url, auth=(name, PASSWORD), verbose=False, analytics_enabled=False,
-                        ssl_verify=ssl_verify)
-        pair = client.predict(api_name="/next_pair")
-    except Exception as exc:  # noqa: BLE001 - reported, not raised
-        errors.append(f"login/next_pair: {type(exc).__name__}: {exc}")
-        pair = None
-    ready.wait()
-    go.wait()
-    start = t0.value
-    end = start + seconds
-    try:
-        while pair is not None and time.time() < end:
-            if think > 0:
-                time.sleep(rng.uniform(0, 2 * think))
-                if time.time() >= end:
-                    break
-            choice = rng.choice(CHOICES)
-            cid = pair["comparison_id"]
-            done_before = pair["progress"]["done"]
-            t = time.time()
-            try:
-                nxt = client.predict(cid, choice, None, "", api_name="/submit_label")
-            except Exception as exc:  # noqa: BLE001
-                errors.append(f"submit_label: {type(exc).__name__}: {exc}")
-                try:
-                    pair = client.predict(api_name="/next_pair")
-                except Exception as exc2:  # noqa: BLE001
-                    errors.append(f"next_pair: {type(exc2).__name__}: {exc2}")
-                    break
-                continue
-            done = time.time()
-            lat.append((t - start, done - t))
-            # The API returns the next pair whether or not the label was stored (a full pair is
-            # skipped silently); progress.done tells them apart.
-            stored_said = nxt is None or nxt["progress"]["done"] == done_before + 1
-            acks.append((cid, name, choice, done - start, stored_said))
-            pair = nxt
-    finally:
-        if client is not None:
-            client.close()
-    result.update(lat=lat, acks=acks, errors=errors, exhausted=pair is None)
-
-
-def _client_proc(url: str, names: list[str], think: float, seed: int, ready_q, go, t0,
-                 seconds: float, out_q, shared_ssl: bool) -> None:
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    # gradio_client makes a new httpx client for every POST and every SSE stream, and each one
-    # loads the CA bundle (~25 ms of CPU, even for plain http): ~60 ms of client CPU per call.
-    # One SSLContext shared by all of them takes that to ~5 ms (ssl_verify is passed to httpx).
-    import ssl
-
-    ssl_verify = ssl.create_default_context() if shared_ssl else True
-    results = [dict() for _ in names]
-    barrier = threading.Barrier(len(names) + 1)
-    threads = [threading.Thread(target=_annotator, daemon=True,
-                                args=(url, n, think, seed * 1000 + i, barrier, go, t0, seconds, results[i],
-                                      ssl_verify))
-               for i, n in enumerate(names)]
-    for th in threads:
-        th.start()
-    barrier.wait()
-    ready_q.put(os.getpid())
-    go.wait()
-    cpu0 = os.times()
-    for th in threads:
-        th.join()
-    cpu1 = os.times()
-    out_q.put({"results": results,
-               "cpu_s": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)})
-
-
-def _get(q, procs, timeout: float, what: str):
-    """The next item of ``q``; fails fast when a client process died instead of waiting it out."""
-    import queue
-
-    deadline = time.time() + timeout
-    while True:
-        try:
-            return q.get(timeout=1.0)
-        except queue.Empty:
-            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-            if dead:
-                raise RuntimeError(f"a client process exited with {dead[0]} before it could {what}") from None
-            if time.time() > deadline:
-                raise RuntimeError(f"the client processes did not {what} within {timeout:g} s") from None
-
-
-def _cpu_seconds(pid: int) -> float:
-    import psutil
-
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
-
-
-def _machine_busy() -> tuple[float, float]:
-    import psutil
-
-    t = psutil.cpu_times()
-    idle = t.idle + getattr(t, "iowait", 0.0)
-    return sum(t) - idle, sum(t)
-
-
-def drive(url: str, names: list[str], *, seconds: float, think: float, client_procs: int,
-          server_pid: int | None = None, seed: int = 0, shared_ssl: bool = True) -> dict:
-    """Run the annotators against ``url`` for ``seconds``; latency, acks and CPU figures."""
-    ctx = mp.get_context("spawn")
-    ready_q, out_q, go, t0 = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
-    groups = [names[i::client_procs] for i in range(client_procs)]
-    groups = [g for g in groups if g]
-    procs = [ctx.Process(target=_client_proc, daemon=True,
-                         args=(url, g, think, seed * 100 + k, ready_q, go, t0, seconds, out_q, shared_ssl))
-             for k, g in enumerate(groups)]
-    outs = []
-    try:
-        for p in procs:
-            p.start()
-        for _ in procs:
-            _get(ready_q, procs, 300, "log in")
-        srv0 = _cpu_seconds(server_pid) if server_pid else None
-        busy0, all0 = _machine_busy()
-        t0.value = time.time()
-        go.set()
-        for _ in procs:
-            outs.append(_get(out_q, procs, seconds + 300, "finish"))
-        wall = time.time() - t0.value
-        srv1 = _cpu_seconds(server_pid) if server_pid else None
-        busy1, all1 = _machine_busy()
-        for p in procs:
-            p.join(timeout=30)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=10)
-    lat = [x for o in outs for r in o["results"] for x in r.get("lat", [])]
-    acks = [x for o in outs for r in o["results"] for x in r.get("acks", [])]
-    errors = [x for o in outs for r in o["results"] for x in r.get("errors", [])]
-    in_window = [d for (s, d) in lat if s + d <= seconds]
-    ms = sorted(d * 1000 for d in in_window) or [float("nan")]
-    n_cores = os.cpu_count() or 1
-    server_pct = 100 * (srv1 - srv0) / wall if server_pid else 0.0
-    client_pct = 100 * sum(o["cpu_s"] for o in outs) / wall
-    machine_pct = 100 * n_cores * (busy1 - busy0) / max(1e-9, all1 - all0)
-    return {
-        "labels_per_s": round(sum(1 for a in acks if a[3] <= seconds) / seconds, 2),
-        "p50_ms": round(_pct(ms, 50), 1),
-        "p90_ms": round(_pct(ms, 90), 1),
-        "p99_ms": round(_pct(ms, 99), 1),
-        "max_ms": round(ms[-1], 1),
-        "acks": acks,
-        "errors": len(errors),
-        "error_samples": sorted(Counter(e[:200] for e in errors).items(), key=lambda kv: -kv[1])[:5],
-        "exhausted_annotators": sum(1 for o in outs for r in o["results"] if r.get("exhausted")),
-        "wall_s": round(wall, 2),
-        "server_cpu_pct": round(server_pct, 1),
-        "client_cpu_pct": round(client_pct, 1),
-        "client_cpu_ms_per_call": round(1000 * sum(o["cpu_s"] for o in outs) / max(1, len(lat)), 2),
-        "server_cpu_ms_per_call": round(10 * server_pct * wall / max(1, len(lat)), 2),
-        "machine_busy_pct": round(machine_pct, 1),
-        "other_cpu_pct": round(max(0.0, machine_pct - server_pct - client_pct), 1),
-        "cores": n_cores,
-    }
-
-
-def _pct(sorted_ms: list[float], q: float) -> float:
-    if len(sorted_ms) == 1:
-        return sorted_ms[0]
-    k = (len(sorted_ms) - 1) * q / 100
-    lo = int(k)
-    hi = min(lo + 1, len(sorted_ms) - 1)
-    return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (k - lo)
-
-
 # --- the check ----------------------------------------------------------------------------------
-
-def check_db(db: Path, acks: list, names: list[str]) -> dict:
-    """Compare what the clients were told with what the database holds (server stopped)."""
-    from sqlalchemy import func, select
-
-    from annotate.store import Annotator, Assignment, Comparison, Label, Store
-
-    store = Store("sqlite:///" + str(db))
-    try:
-        with store.read() as s:
-            rows = s.execute(
-                select(Label.comparison_id, Annotator.name, Label.choice, Assignment.swapped)
-                .join(Annotator, Annotator.id == Label.annotator_id)
-                .outerjoin(Assignment, (Assignment.comparison_id == Label.comparison_id)
-                           & (Assignment.annotator_id == Label.annotator_id))
-                .where(Annotator.name.in_(names))
-            ).all()
-            per_cmp = dict(s.execute(select(Label.comparison_id, func.count()).group_by(Label.comparison_id)).all())
-            counts = s.execute(select(Comparison.id, Comparison.label_count, Comparison.overlap)).all()
-    finally:
-        store.close()
-    stored = Counter((cid, name) for cid, name, _, _ in rows)
-    shown_choice = {(cid, name): (_SWAP[c] if swapped else c) for cid, name, c, swapped in rows}
-    acked = Counter((cid, name) for cid, name, *_ in acks)
-    ack_choice = {(cid, name): choice for cid, name, choice, *_ in acks}
-    duplicated = sum(n - 1 for n in stored.values() if n > 1) + sum(
-        1 for k in acked if stored.get(k, 0) > 1) + sum(n - 1 for n in acked.values() if n > 1)
-    over = sum(1 for cid, lc, ov in counts if lc > ov or per_cmp.get(cid, 0) > ov)
-    mismatch = sum(1 for cid, lc, _ in counts if per_cmp.get(cid, 0) != lc)
-    return {
-        "acknowledged": sum(acked.values()),
-        "stored": sum(stored.values()),
-        "lost": sum(1 for k in acked if k not in stored),
-        "duplicated": duplicated,
-        "over_overlap": over,
-        "label_count_mismatch": mismatch,
-        "stored_not_acknowledged": sum(1 for k in stored if k not in acked),
-        "wrong_choice": sum(1 for k, c in ack_choice.items() if k in shown_choice and shown_choice[k] != c),
-        "acks_reported_unstored": sum(1 for a in acks if not a[4]),
-    }
-
 
 # --- one side, and the whole run -----------------------------------------------------------------
 
@@ -526,7 +230,7 @@ def run_side(db: Path, workdir: Path, names: list[str], *, stock: bool, seconds:
             fig["errors"] += mx["errors"]
     finally:
         stop_server(proc)
-    fig.update(check_db(db, acks, names))
+    fig.update(check_db("sqlite:///" + str(db), acks, names))
     if prof_path is not None and prof_path.exists():
         fig["server_ms"] = {k: {"n": len(v), "mean": round(1000 * statistics.fmean(w for w, _ in v), 2),
                                 "p50": round(_pct(sorted(1000 * w for w, _ in v), 50), 2),
@@ -552,7 +256,7 @@ def bench(*, comparisons: int, overlap: int, annotators: int, seconds: float, th
     try:
         t = time.time()
         base = tmp / "base.db"
-        names = build_db(base, comparisons, overlap, annotators, seed=seed)
+        names = build_db("sqlite:///" + str(base), comparisons, overlap, annotators, seed=seed)
         log(f"built {comparisons} comparisons (overlap {overlap}) and {annotators} accounts "
             f"in {time.time() - t:.1f} s")
         sides = {}

@@ -38,7 +38,7 @@ def cmd_reward_train(args) -> int:
     if args.model:
         overrides += ["--model", args.model]
     config = load_config(args.config, overrides)
-    s = train_reward_model(config, args.data, args.out, eval_data=args.eval_data)
+    s = train_reward_model(config, args.data, args.out, eval_data=args.eval_data, resume=args.resume)
     skipped = s["skipped_identical"] + s["skipped_empty"]
     print(f"trained {s['model']} ({'LoRA' if s['lora'] else 'full'}, {s['style']}) on {s['pairs_train']} pairs: "
           f"{s['steps']} steps in {s['train_seconds']} s ({s['pairs_per_s']} pairs/s, {s['stopped']}); "
@@ -133,6 +133,8 @@ def register(subparsers) -> None:
     q.add_argument("--model", default=None, help="backbone (overrides the config's model)")
     q.add_argument("--eval-data", default=None, help="held-out pairs (default: eval_fraction of the prompts is held out)")
     q.add_argument("--config", default=None, type=Path, help="YAML file of config keys (see below)")
+    q.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out from its last checkpoint (same data and config)")
     q.set_defaults(func=cmd_reward_train)
 
     q = rsub.add_parser("eval", help="report card of a reward model on labelled pairs", allow_abbrev=False)

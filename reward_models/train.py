@@ -15,8 +15,11 @@ The whole path, top to bottom in ``train_reward_model``:
    (text layout), ``reward_config.yaml``, ``metrics.jsonl``, ``reward_stats.json`` (reward mean/std
    over training responses, for PPO's normalization) and a held-out report in ``eval/``.
 
-Checkpoints go to ``<out>/checkpoints`` (the last two are kept) and are removed after a run that
-finishes; a failed run leaves them for inspection or restarting.
+Checkpoints go to ``<out>/checkpoints`` (the Trainer's own ``checkpoint-N`` folders, every
+``save_steps``; the last two are kept) and are removed after a run that finishes; a failed or killed
+run leaves them, and ``resume=True`` (``rewardlab reward train --resume``) continues from the newest
+complete one with the Trainer's ``resume_from_checkpoint`` (weights, optimizer, scheduler, RNG and
+data order), so the run reaches the step count it planned.
 """
 
 from __future__ import annotations
@@ -222,6 +225,44 @@ def _head_name(model) -> str:
     raise RewardlabError(f"{type(model).__name__} has no 'score' or 'classifier' head; pick another backbone")
 
 
+def last_checkpoint(out: Path) -> Path | None:
+    """The newest complete Trainer checkpoint in ``<out>/checkpoints`` (its trainer_state.json,
+    written last, is there and whole), or None."""
+    found = []
+    for p in (out / "checkpoints").glob("checkpoint-*"):
+        try:
+            json.loads((p / "trainer_state.json").read_text())
+            found.append((int(p.name.split("-")[-1]), p))
+        except (OSError, ValueError):
+            continue  # killed while writing it
+    return max(found)[1] if found else None
+
+
+def _resume_point(out: Path, config: RewardTrainConfig) -> Path:
+    """The checkpoint ``--resume`` continues from; refuses a finished run or a changed config."""
+    from reward_models.config import load_config
+
+    if (out / "train_summary.json").exists():
+        raise RewardlabError(f"--out {out}: that run already finished (train_summary.json); nothing to resume")
+    checkpoint = last_checkpoint(out)
+    if checkpoint is None:
+        raise RewardlabError(f"--resume: no complete checkpoint in {out / 'checkpoints'}; start the run without --resume")
+    saved = load_config(out / CONFIG_FILE)
+    free = {"time_budget_s", "logging_steps", "save_steps", "eval_steps"}
+    changed = [f for f in vars(config) if f not in free and getattr(config, f) != getattr(saved, f)]
+    if changed:
+        raise RewardlabError(f"--resume with a different config ({', '.join(changed)}); resume with the "
+                             f"config saved in {out / CONFIG_FILE}")
+    return checkpoint
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the metrics rows a killed run wrote after the checkpoint it is resumed from."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        path.write_text("".join(line + "\n" for line in rows if json.loads(line).get("step", 0) <= step))
+
+
 def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RewardlabError(f"--out {out} is a file; give a folder")
@@ -234,8 +275,11 @@ def _prepare_out(out: Path) -> None:
 # --- the run -------------------------------------------------------------------------------------
 
 
-def train_reward_model(config: RewardTrainConfig, data, out_dir, eval_data=None) -> dict:
-    """Train a reward model on ``data`` and write it to ``out_dir``; return a summary dict."""
+def train_reward_model(config: RewardTrainConfig, data, out_dir, eval_data=None, resume: bool = False) -> dict:
+    """Train a reward model on ``data`` and write it to ``out_dir``; return a summary dict.
+
+    ``resume``: continue an interrupted run in ``out_dir`` from its last checkpoint.
+    """
     import transformers
     from trl import RewardConfig
 
@@ -245,6 +289,7 @@ def train_reward_model(config: RewardTrainConfig, data, out_dir, eval_data=None)
     config = validate(config)
     out = Path(out_dir).expanduser().resolve()
     _prepare_out(out)
+    resume_from = _resume_point(out, config) if resume else None
 
     # 1-2. Data and the held-out split.
     records, counts = load_pairs(data, "--data")
@@ -282,7 +327,10 @@ def train_reward_model(config: RewardTrainConfig, data, out_dir, eval_data=None)
 
     # 4. TRL's RewardTrainer.
     metrics_path = out / METRICS_FILE
-    metrics_path.write_text("")
+    if resume_from is None:
+        metrics_path.write_text("")
+    else:
+        _truncate_metrics(metrics_path, int(resume_from.name.split("-")[-1]))
     save_config(config, out)
     on_gpu = torch.cuda.is_available()
     with warnings.catch_warnings():  # TRL 1.12 sets gradient_checkpointing, renamed in transformers 5
@@ -323,7 +371,7 @@ def train_reward_model(config: RewardTrainConfig, data, out_dir, eval_data=None)
     )
     started = time.perf_counter()
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except NonFiniteLoss as e:
         kept = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
         where = f"; last checkpoint kept: {kept[-1]}" if kept else "; no checkpoint had been written yet"
@@ -368,6 +416,7 @@ def train_reward_model(config: RewardTrainConfig, data, out_dir, eval_data=None)
         "steps": state.global_step,
         "epochs_done": round(state.epoch or 0.0, 3),
         "stopped": stopped,
+        "resumed_from_step": int(resume_from.name.split("-")[-1]) if resume_from else None,
         "train_seconds": round(train_seconds, 1),
         "pairs_per_s": round(trainer.pairs_seen / train_seconds, 3) if train_seconds > 0 else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -154,6 +154,26 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_db_upgrade(args) -> int:
+    from annotate.migrate import upgrade
+    from rewardlab.workspace import db_url
+
+    before, after = upgrade(db_url(args.db, _workspace(args)))
+    if before == after:
+        print(f"schema version {after}: already current")
+    else:
+        print(f"upgraded the schema from version {before if before is not None else '(empty)'} to {after}")
+    return 0
+
+
+def cmd_db_status(args) -> int:
+    from annotate.migrate import status
+    from rewardlab.workspace import db_url
+
+    print(json.dumps(status(db_url(args.db, _workspace(args)))))
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name")
     _store_args(q)
     q.set_defaults(func=cmd_users_disable)
+
+    p = sub.add_parser("db", help="the database schema: status and upgrades (migrations)")
+    dsub = p.add_subparsers(dest="action", metavar="ACTION")
+    dsub.required = True
+    q = dsub.add_parser("upgrade", help="bring the schema to this rewardlab's version (back the database up first)")
+    _store_args(q)
+    q.set_defaults(func=cmd_db_upgrade)
+    q = dsub.add_parser("status", help="print the database's schema version and this rewardlab's, as JSON")
+    _store_args(q)
+    q.set_defaults(func=cmd_db_status)
 
     q = sub.add_parser("export", help="export labels as a TRL preference dataset, with agreement")
     q.add_argument("--out", required=True, type=Path, help="output folder (a datasets save_to_disk folder)")

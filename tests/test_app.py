@@ -22,6 +22,7 @@ from rewardlab.formats import PromptRecord
 from rewardlab.workspace import WorkspaceConfig
 
 PASSWORD = "correct horse"
+STORE_ENGINES = ("sqlite", "postgresql")  # each test using `store` runs on both (tests/conftest.py)
 HOSTILE_A = "<script>window.__pwned=1</script> Paris."
 HOSTILE_B = '<img src=x onerror="window.__pwned=2"> It is Paris.'
 

@@ -1,4 +1,4 @@
-"""The annotation store on a real temporary SQLite file: schema, accounts, assignment, imports."""
+"""The annotation store on a real temporary SQLite file and PostgreSQL database: schema, accounts, assignment, imports."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from annotate.store import (
 from rewardlab.errors import RewardlabError
 
 PASSWORD = "correct horse"
+STORE_ENGINES = ("sqlite", "postgresql")  # each test using `store` runs on both (tests/conftest.py)
 
 
 def make_pairs(store: Store, n: int, overlap: int = 1, tag: str = "generate") -> list[int]:
@@ -74,11 +75,13 @@ def test_schema_version_recorded_and_mismatch_refused(tmp_path):
     con.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     con.commit()
     con.close()
-    with pytest.raises(RewardlabError, match="schema version 999.*reads version 1"):
+    with pytest.raises(RewardlabError, match=f"schema version 999.*reads version {SCHEMA_VERSION}"):
         Store(f"sqlite:///{path}")
 
 
 def test_sqlite_wal_and_foreign_keys(store):
+    if not store.is_sqlite:
+        pytest.skip("SQLite settings")
     with store.read() as s:
         assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert s.execute(text("PRAGMA foreign_keys")).scalar() == 1

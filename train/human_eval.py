@@ -2,7 +2,7 @@
 
 ``train`` does not import ``annotate`` (see DESIGN.md), so this file talks to the store through its
 documented schema with plain SQLAlchemy Core: the tables are reflected, and the schema version in
-``meta`` must be the one written here (``SCHEMA_VERSION``).
+``meta`` must be one of those listed here (``SCHEMA_VERSIONS``).
 
 What is stored, so that annotation stays blind and reruns add nothing twice:
 
@@ -37,7 +37,9 @@ from rewardlab.formats import PromptRecord
 from rewardlab.stats import wilson_interval
 from rewardlab.workspace import db_url
 
-SCHEMA_VERSION = 1
+# Store schema versions whose tables read and written here (TABLES) are as this file expects: 2 only
+# added tables of its own (web_sessions, login_failures, jobs; annotate/migrations/versions/).
+SCHEMA_VERSIONS = (1, 2, 3)
 TAG_PREFIX = "eval:"
 ROLES = ("base", "aligned")
 TABLES = ("meta", "prompts", "responses", "comparisons", "labels")
@@ -83,9 +85,9 @@ class StoreTables:
         self.t = meta.tables
         with self.engine.connect() as c:
             version = c.scalar(select(self.t["meta"].c.value).where(self.t["meta"].c.key == "schema_version"))
-        if version != str(SCHEMA_VERSION):
-            raise RewardlabError(f"{self.shown} has store schema version {version}; this evaluation reads version "
-                                 f"{SCHEMA_VERSION}: use a matching rewardlab")
+        if version not in {str(v) for v in SCHEMA_VERSIONS}:
+            raise RewardlabError(f"{self.shown} has store schema version {version}; this evaluation reads versions "
+                                 f"{', '.join(map(str, SCHEMA_VERSIONS))}: use a matching rewardlab")
 
     @contextmanager
     def write(self):
