@@ -135,6 +135,7 @@ def test_a_job_outlives_an_app_restart(ws, ws_store, clients):
         restarted.close()
 
 
+@pytest.mark.slow  # six real CLI jobs on tiny models, 75-90 s; CI runs it (make test)
 def test_admin_walks_the_whole_loop(ws, ws_store, clients):
     with running(ws_store) as url:
         root, alice = clients(url, "root"), clients(url, "alice")

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from test_ppo import PROMPTS
 from test_reward_train import separable_rows, write_jsonl
 
@@ -146,6 +147,7 @@ def test_sqlite_killed_during_writes_stays_consistent_and_keeps_acknowledged_lab
 # --- reward-model training: kill -9, then --resume ----------------------------------------------
 
 
+@pytest.mark.slow  # real CLI training killed and resumed (~30 s each); CI runs it (make test)
 def test_reward_training_killed_then_resumed_reaches_the_planned_steps(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", separable_rows(64))
     out = tmp_path / "rm"
@@ -174,6 +176,7 @@ def test_reward_training_killed_then_resumed_reaches_the_planned_steps(tiny_mode
 # --- PPO: kill -9, then --resume --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # real CLI training killed and resumed (~30 s each); CI runs it (make test)
 def test_ppo_killed_then_resumed_reaches_the_planned_updates(tiny_model_dir, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
