@@ -314,7 +314,7 @@ def train_reward_model(config: RewardTrainConfig, data, out_dir, eval_data=None,
     eval_ds, cut_eval = encode_pairs(tokenizer, fmt, eval_records) if eval_records else (None, 0)
 
     probe = None
-    if config.head_init == "probe":
+    if config.head_init == "probe" and resume_from is None:  # a resumed run loads its head from the checkpoint
         probe = _probe_head(model, tokenizer, train_ds, config)
 
     peft_config = None
