@@ -259,7 +259,7 @@ def start_label_efficiency(store: Store, config: WorkspaceConfig, workspace: Pat
     strategies.set_policy(store, strategies.Policy(config.assignment_strategy, float(config.gold_rate)))
     if config.assignment_strategy == "random":
         return None
-    from reward_models.active import Featurizer, priorities
+    from reward_models.active import Featurizer, featurizer_name, priorities
 
     loaded: list = []
 
@@ -271,7 +271,7 @@ def start_label_efficiency(store: Store, config: WorkspaceConfig, workspace: Pat
     def ranker(*args):
         return priorities(*args, ensemble=config.ensemble_size)
 
-    return Refresher(store, config.assignment_strategy, ranker, featurize, f"{config.active_backbone}@128",
+    return Refresher(store, config.assignment_strategy, ranker, featurize, featurizer_name(config.active_backbone),
                      every=config.refresh_every).start()
 
 

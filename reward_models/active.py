@@ -110,10 +110,19 @@ def rank(strategy: str, heads: Heads | None, a: torch.Tensor, b: torch.Tensor, p
     return disagreement(heads.ensemble or [heads.main], a, b)
 
 
+FEATURE_MAX_LENGTH = 128
+"""Tokens per (prompt, reply) the cached features see (the reply is kept, the prompt cut from the left)."""
+
+
+def featurizer_name(backbone: str, max_length: int = FEATURE_MAX_LENGTH) -> str:
+    """The key cached features are stored under: a change of backbone or length never mixes caches."""
+    return f"{backbone}@{max_length}"
+
+
 class Featurizer:
     """Frozen reward-backbone features of (prompt messages, reply), as the score layer reads them."""
 
-    def __init__(self, backbone: str = "all-minilm-l6-v2", max_length: int = 128, batch_size: int = 32):
+    def __init__(self, backbone: str = "all-minilm-l6-v2", max_length: int = FEATURE_MAX_LENGTH, batch_size: int = 32):
         import transformers
 
         from reward_models.scorer import RewardFormat, resolve_style
@@ -121,7 +130,7 @@ class Featurizer:
         from rewardlab.models import load_sequence_classifier, load_tokenizer
 
         path = resolve_backbone(backbone)
-        self.name = f"{backbone}@{max_length}"
+        self.name = featurizer_name(backbone, max_length)
         self.tokenizer = load_tokenizer(path, padding_side="right")
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()  # the untrained score head is expected (unused)
