@@ -64,6 +64,14 @@ _env_limit = os.environ.get("REWARDLAB_CONCURRENCY", "").strip()
 if _env_limit:  # "none" (default), "default" (Gradio's 1 per event) or a number of calls at once
     CONCURRENCY_LIMIT = None if _env_limit == "none" else _env_limit if _env_limit == "default" else int(_env_limit)
 
+# Gradio's queue keeps a record of the last 10,000 events and, after EVERY event, rebuilds a pandas
+# DataFrame over all of them for its /monitoring page (GRADIO_ANALYTICS_CACHE_FREQUENCY=1): at 30
+# labels/s that was the largest single CPU cost per call after a minute (py-spy; docs/benchmarks.md).
+# rewardlab turns the monitoring page off (launch_kwargs) and, unless the operator set them, keeps
+# few records and refreshes that summary rarely. Read when the queue is made (gr.Blocks()).
+QUEUE_ANALYTICS_ENV = {"GRADIO_ANALYTICS_CACHE_FREQUENCY": "1000000", "GRADIO_ANALYTICS_MAX_EVENTS": "100"}
+ENABLE_MONITORING = False
+
 BUTTONS = [  # (label, elem_id, choice or action, key)
     ("A is better (1)", "rl-a", "A", "1"),
     ("B is better (2)", "rl-b", "B", "2"),
@@ -421,6 +429,8 @@ def build_app(store: Store, config: WorkspaceConfig, workspace: Path | None = No
         return ui_admin_tables()
 
     private = dict(api_visibility="private", concurrency_limit=CONCURRENCY_LIMIT)
+    for key, value in QUEUE_ANALYTICS_ENV.items():
+        os.environ.setdefault(key, value)
     with gr.Blocks(title=config.title) as demo:
         with gr.Row(equal_height=True):
             gr.Markdown(f"# {html.escape(config.title)}")
@@ -514,6 +524,7 @@ def launch_kwargs(store: Store, config: WorkspaceConfig | None = None) -> dict:
         "css": CSS,
         "max_threads": 40,
         "show_error": True,
+        "enable_monitoring": ENABLE_MONITORING,  # see QUEUE_ANALYTICS_ENV
     }
 
 

@@ -4,7 +4,9 @@
 
 Builds a fresh SQLite workspace (``--comparisons`` pairs, ``--overlap`` labels each, ``--annotators``
 accounts), starts ``python -m rewardlab.cli annotate`` as its own process, and lets the annotators
-work for ``--seconds``: each one, through ``gradio_client.Client(url, auth=...)``, thinks (``--think``
+work for ``--seconds``: each one, through rewardlab's client (``annotate.client.LabelClient``, which
+waits on the event stream as the browser does; ``--client gradio_client`` for gradio_client, which
+looks for each result every 50 ms and so adds up to 50 ms per call), thinks (``--think``
 seconds on average, uniform 0..2x; default 1 s, several times faster than a person), submits a
 random label for its current pair and gets the next pair back (``/submit_label``). Then, on the same
 server, ``--max-load-seconds`` without thinking: what the server sustains (``max_*``). With zero
@@ -12,7 +14,7 @@ think time, 32 annotators keep 32 calls in flight, so latency is 32 / throughput
 whatever the code does; the latency target is met or missed at the thinking load.
 
 The annotators (``bench/annotators.py``, shared with ``bench/team_load.py``) are spread over
-``--client-procs`` processes, each sharing one ``ssl.SSLContext``
+``--client-procs`` processes; with gradio_client each process shares one ``ssl.SSLContext``
 (passed as ``ssl_verify``): plain gradio_client builds a new httpx client per request, and each loads
 the CA bundle, ~60 ms of client CPU per call, which on 2 cores would be what is measured
 (``--stock-client`` measures it that way). CPU used by the server, the clients and everything else on
@@ -25,9 +27,11 @@ submit-then-next round trip, and after the server is stopped, straight from the 
 ``over_overlap`` (comparisons with label_count or label rows above their overlap),
 ``wrong_choice`` (stored choice differs from the acknowledged one once un-swapped).
 
-The stock way, in the same run on a copy of the same database: the same app with Gradio's default
-per-event concurrency (``concurrency_limit="default"``, i.e. one call of an endpoint at a time),
-started by this script's own ``--serve`` launcher which sets ``annotate.app.CONCURRENCY_LIMIT``.
+The stock way, in the same run on a copy of the same database: the same app with Gradio's defaults,
+i.e. per-event concurrency ``concurrency_limit="default"`` (one call of an endpoint at a time) and
+the queue's analytics for ``/monitoring`` on (a pandas summary of up to 10,000 events rebuilt after
+every event), started by this script's own ``--serve`` launcher which sets
+``annotate.app.CONCURRENCY_LIMIT``, ``QUEUE_ANALYTICS_ENV`` and ``ENABLE_MONITORING``.
 ``--profile`` starts both sides through that launcher with timers (wall and thread CPU) around the
 API handlers and the store calls inside them; ``--experiment`` applies proposed changes to the
 store in the rewardlab side's server only (see EXPERIMENTS).
@@ -105,6 +109,8 @@ def serve_main(args) -> None:
 
     if args.concurrency != "app":
         app.CONCURRENCY_LIMIT = "default" if args.concurrency == "default" else int(args.concurrency)
+    if args.concurrency == "default":  # the stock side: Gradio's queue analytics and /monitoring too
+        app.QUEUE_ANALYTICS_ENV, app.ENABLE_MONITORING = {}, None
     for name in filter(None, (args.experiment or "").split(",")):
         EXPERIMENTS[name](args.db)
     if args.profile_out:
@@ -202,7 +208,7 @@ def _install_timers(app, out: Path) -> None:
 
 def run_side(db: Path, workdir: Path, names: list[str], *, stock: bool, seconds: float, think: float,
              client_procs: int, profile: bool = False, seed: int = 0, shared_ssl: bool = True,
-             experiments: str = "", max_load_seconds: float = 0.0) -> dict:
+             experiments: str = "", max_load_seconds: float = 0.0, client: str = "rewardlab") -> dict:
     """Start a server on ``db``, drive it, stop it, check the database. One side of the bench.
 
     With ``max_load_seconds``, a second phase on the same server lets the annotators label without
@@ -218,13 +224,13 @@ def run_side(db: Path, workdir: Path, names: list[str], *, stock: bool, seconds:
                                  experiments="" if stock else experiments)
         log(f"{tag}: server up at {url} in {time.time() - t:.1f} s; {len(names)} annotators for {seconds:g} s")
         fig = drive(url, names, seconds=seconds, think=think, client_procs=client_procs,
-                    server_pid=proc.pid, seed=seed, shared_ssl=shared_ssl)
+                    server_pid=proc.pid, seed=seed, shared_ssl=shared_ssl, client=client)
         acks = fig.pop("acks")
         if max_load_seconds > 0:
             log(f"{tag}: {fig['labels_per_s']} labels/s, p50 {fig['p50_ms']} ms, p99 {fig['p99_ms']} ms; "
                 f"now {max_load_seconds:g} s without thinking")
             mx = drive(url, names, seconds=max_load_seconds, think=0.0, client_procs=client_procs,
-                       server_pid=proc.pid, seed=seed + 1, shared_ssl=shared_ssl)
+                       server_pid=proc.pid, seed=seed + 1, shared_ssl=shared_ssl, client=client)
             acks += mx.pop("acks")
             fig["max_load"] = mx
             fig["errors"] += mx["errors"]
@@ -249,7 +255,7 @@ def run_side(db: Path, workdir: Path, names: list[str], *, stock: bool, seconds:
 def bench(*, comparisons: int, overlap: int, annotators: int, seconds: float, think: float,
           client_procs: int, stock: bool = True, profile: bool = False, keep: Path | None = None,
           seed: int = 0, shared_ssl: bool = True, experiments: str = "",
-          max_load_seconds: float = 0.0) -> dict:
+          max_load_seconds: float = 0.0, client: str = "rewardlab") -> dict:
     """Both sides on copies of one fresh database; the figures as the JSON line prints them."""
     tmp = Path(tempfile.mkdtemp(prefix="rl-annload-")) if keep is None else keep
     tmp.mkdir(parents=True, exist_ok=True)
@@ -267,7 +273,7 @@ def bench(*, comparisons: int, overlap: int, annotators: int, seconds: float, th
             sides[side] = run_side(work / "rewardlab.db", work, names, stock=side == "stock", seconds=seconds,
                                    think=think, client_procs=client_procs, profile=profile, seed=seed,
                                    shared_ssl=shared_ssl, experiments=experiments,
-                                   max_load_seconds=max_load_seconds)
+                                   max_load_seconds=max_load_seconds, client=client)
     finally:
         if keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -295,8 +301,10 @@ def bench(*, comparisons: int, overlap: int, annotators: int, seconds: float, th
         "comparisons": comparisons, "overlap": overlap, "db": "sqlite",
         "think_s_mean": think, "think": "uniform 0..2x the mean, before each label",
         "max_load_seconds": max_load_seconds, "client_procs": client_procs,
-        "client_shared_ssl_context": shared_ssl, "experiments": experiments or None,
-        "stock": "the same app, concurrency_limit='default' (one call per endpoint at a time)",
+        "client": client, "client_shared_ssl_context": shared_ssl if client == "gradio_client" else None,
+        "experiments": experiments or None,
+        "stock": "the same app with Gradio's defaults: concurrency_limit='default' (one call per "
+                 "endpoint at a time), queue analytics and /monitoring on",
     }
     out["detail"] = sides
     return out
@@ -315,8 +323,12 @@ def main(argv=None) -> int:
     p.add_argument("--max-load-seconds", type=float, default=None,
                    help="then this long without thinking, same server (default 15; 0 quick)")
     p.add_argument("--client-procs", type=int, default=4, help="client processes the annotators are spread over")
+    p.add_argument("--client", choices=("rewardlab", "gradio_client"), default="rewardlab",
+                   help="the annotators' client: annotate.client.LabelClient (default; event-driven, like "
+                        "the browser) or gradio_client (polls for each result every 50 ms)")
     p.add_argument("--stock-client", action="store_true",
-                   help="plain gradio_client (a new CA bundle load per request) instead of a shared SSLContext")
+                   help="with --client gradio_client: plain gradio_client (a new CA bundle load per "
+                        "request) instead of a shared SSLContext")
     p.add_argument("--no-stock", action="store_true", help="skip the stock side")
     p.add_argument("--profile", action="store_true", help="time the server's handlers (both sides via --serve)")
     p.add_argument("--keep", type=Path, default=None, help="keep the databases and server logs in this folder")
@@ -345,7 +357,7 @@ def main(argv=None) -> int:
     out = bench(comparisons=comparisons, overlap=args.overlap, annotators=args.annotators, seconds=seconds,
                 think=args.think, client_procs=args.client_procs, stock=not args.no_stock,
                 profile=args.profile, keep=args.keep, seed=args.seed, shared_ssl=not args.stock_client,
-                experiments=args.experiment,
+                experiments=args.experiment, client=args.client,
                 max_load_seconds=(args.max_load_seconds if args.max_load_seconds is not None
                                   else 0.0 if args.quick else 15.0))
     print(json.dumps(out))

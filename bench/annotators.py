@@ -5,9 +5,11 @@ Shared by ``bench/annotation_load.py`` (one app process on SQLite) and ``bench/t
 
 - ``build_db``: a fresh store (any SQLAlchemy URL) with pairs and annotator accounts;
 - ``start_app`` / ``stop_server``: an app process in its own session, and its stop;
-- ``drive``: annotators labelling through the real scripting API (``gradio_client``), spread over
-  client processes sharing one ``ssl.SSLContext`` each (plain gradio_client builds a new httpx
-  client per request and loads the CA bundle every time: ~60 ms of client CPU per call); each
+- ``drive``: annotators labelling through the real scripting API, spread over client processes,
+  with rewardlab's own client (``annotate.client.LabelClient``: one keep-alive connection, waits
+  on the event stream like the browser) or with ``gradio_client`` (sharing one ``ssl.SSLContext``
+  per process: plain gradio_client builds a new httpx client per request and loads the CA bundle
+  every time, ~60 ms of client CPU per call; and it polls for each result every 50 ms); each
   thinks, submits a random label for its current pair and gets the next one back
   (``/submit_label``), failing over to another app process when its own stops answering;
 - ``check_db``: acknowledged labels against the database: stored, lost, duplicated, over overlap.
@@ -132,10 +134,12 @@ def stop_server(proc: subprocess.Popen | None) -> None:
 # --- the annotators -----------------------------------------------------------------------------
 
 def _annotator(urls: list[str], name: str, think: float, seed: int, ready: threading.Barrier,
-               go: mp.Event, t0, seconds: float, result: dict, ssl_verify) -> None:
+               go: mp.Event, t0, seconds: float, result: dict, ssl_verify, kind: str) -> None:
     """One annotator: logs in at ``urls[0]``; when that app process stops answering, logs in at the
     next one (as a proxy would send them elsewhere) and carries on."""
     from gradio_client import Client
+
+    from annotate.client import LabelClient
 
     rng = random.Random(seed)
     lat, acks, errors = [], [], []
@@ -143,8 +147,12 @@ def _annotator(urls: list[str], name: str, think: float, seed: int, ready: threa
     failovers = 0
 
     def connect(url):
-        c = Client(url, auth=(name, PASSWORD), verbose=False, analytics_enabled=False, ssl_verify=ssl_verify)
-        return c, c.predict(api_name="/next_pair")
+        if kind == "gradio_client":
+            c = Client(url, auth=(name, PASSWORD), verbose=False, analytics_enabled=False, ssl_verify=ssl_verify)
+            c.call = lambda api, *args: c.predict(*args, api_name="/" + api)
+        else:
+            c = LabelClient(url, name, PASSWORD, timeout=120.0)
+        return c, c.call("next_pair")
 
     try:
         client, pair = connect(urls[0])
@@ -166,11 +174,11 @@ def _annotator(urls: list[str], name: str, think: float, seed: int, ready: threa
             done_before = pair["progress"]["done"]
             t = time.time()
             try:
-                nxt = client.predict(cid, choice, None, "", api_name="/submit_label")
+                nxt = client.call("submit_label", cid, choice, None, "")
             except Exception as exc:  # noqa: BLE001
                 errors.append(f"submit_label: {type(exc).__name__}: {exc}")
                 try:
-                    pair = client.predict(api_name="/next_pair")
+                    pair = client.call("next_pair")
                 except Exception as exc2:  # noqa: BLE001
                     errors.append(f"next_pair: {type(exc2).__name__}: {exc2}")
                     if failovers + 1 >= len(urls):
@@ -204,7 +212,7 @@ def _annotator(urls: list[str], name: str, think: float, seed: int, ready: threa
 
 
 def _client_proc(urls: list[str], names: list[str], think: float, seed: int, ready_q, go, t0,
-                 seconds: float, out_q, shared_ssl: bool) -> None:
+                 seconds: float, out_q, shared_ssl: bool, kind: str) -> None:
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     # gradio_client makes a new httpx client for every POST and every SSE stream, and each one
     # loads the CA bundle (~25 ms of CPU, even for plain http): ~60 ms of client CPU per call.
@@ -216,7 +224,7 @@ def _client_proc(urls: list[str], names: list[str], think: float, seed: int, rea
     barrier = threading.Barrier(len(names) + 1)
     threads = [threading.Thread(target=_annotator, daemon=True,
                                 args=(urls[i % len(urls):] + urls[:i % len(urls)], n, think, seed * 1000 + i,
-                                      barrier, go, t0, seconds, results[i], ssl_verify))
+                                      barrier, go, t0, seconds, results[i], ssl_verify, kind))
                for i, n in enumerate(names)]
     for th in threads:
         th.start()
@@ -271,12 +279,16 @@ def _machine_busy() -> tuple[float, float]:
 
 def drive(urls: str | list[str], names: list[str], *, seconds: float, think: float, client_procs: int,
           server_pid: int | list[int] | None = None, seed: int = 0, shared_ssl: bool = True,
-          at: tuple[float, object] | None = None) -> dict:
+          at: tuple[float, object] | None = None, client: str = "rewardlab") -> dict:
     """Run the annotators against the app for ``seconds``; latency, acks and CPU figures.
 
     With several ``urls`` (app processes), annotator i starts at ``urls[i % n]`` and fails over to
     the others in turn. ``at = (t, fn)`` calls ``fn()`` ``t`` seconds into the window (a fault).
+    ``client``: ``rewardlab`` (``annotate.client.LabelClient``, event-driven like the browser) or
+    ``gradio_client`` (which looks for each result every 50 ms, so no call takes less than ~50 ms).
     """
+    if client not in ("rewardlab", "gradio_client"):
+        raise ValueError(f"client must be rewardlab or gradio_client, got {client!r}")
     urls = [urls] if isinstance(urls, str) else list(urls)
     pids = [] if server_pid is None else [server_pid] if isinstance(server_pid, int) else list(server_pid)
     ctx = mp.get_context("spawn")
@@ -284,7 +296,7 @@ def drive(urls: str | list[str], names: list[str], *, seconds: float, think: flo
     groups = [names[i::client_procs] for i in range(client_procs)]
     groups = [g for g in groups if g]
     procs = [ctx.Process(target=_client_proc, daemon=True,
-                         args=(urls, g, think, seed * 100 + k, ready_q, go, t0, seconds, out_q, shared_ssl))
+                         args=(urls, g, think, seed * 100 + k, ready_q, go, t0, seconds, out_q, shared_ssl, client))
              for k, g in enumerate(groups)]
     outs = []
     try:
