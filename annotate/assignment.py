@@ -282,10 +282,11 @@ def skip(store: Store, user: Account, comparison_id: int) -> None:
 
 
 def undo(store: Store, user: Account, lease_minutes: float = 10.0) -> dict | None:
-    """Take back this annotator's latest label; the pair becomes their current one again.
+    """Take back this annotator's latest answer; the pair becomes their current one again.
 
-    Returns that pair as shown to them (same left/right order), or None when there is nothing to
-    undo.
+    The latest answer may be to a gold control pair (the annotator cannot tell them apart): then
+    that gold answer is taken back, not an older label. Returns the pair as shown to them (same
+    left/right order), or None when there is nothing to undo.
     """
     now = utcnow()
     with store.write() as s:
@@ -295,13 +296,18 @@ def undo(store: Store, user: Account, lease_minutes: float = 10.0) -> dict | Non
             .order_by(Label.created_at.desc(), Label.id.desc())
             .limit(1)
         )
-        if label is None:
+        answer = gold.latest_answer(s, user)
+        if answer is not None and (label is None or answer.created_at >= label.created_at):
+            cid = answer.comparison_id
+            gold.take_back(s, answer)
+        elif label is not None:
+            cid = label.comparison_id
+            s.execute(delete(Label).where(Label.id == label.id))
+            s.execute(
+                update(Comparison).where(Comparison.id == cid).values(label_count=Comparison.label_count - 1)
+            )
+        else:
             return None
-        cid = label.comparison_id
-        s.execute(delete(Label).where(Label.id == label.id))
-        s.execute(
-            update(Comparison).where(Comparison.id == cid).values(label_count=Comparison.label_count - 1)
-        )
         # Any other open pair goes back to the pool; the undone one is current again.
         s.execute(
             delete(Assignment).where(

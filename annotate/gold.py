@@ -13,7 +13,7 @@ off ``rate * n``.
 
 from __future__ import annotations
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import delete, exists, func, select
 
 from annotate.accounts import Account
 from annotate.store import (
@@ -23,6 +23,7 @@ from annotate.store import (
     GoldAnswer,
     GoldPair,
     Store,
+    utcnow,
 )
 from rewardlab.errors import RewardlabError
 from rewardlab.formats import PromptRecord, load_preferences
@@ -81,10 +82,22 @@ def record(s, assignment: Assignment, canonical_choice: str) -> bool:
     """Store the annotator's answer to a gold pair (inside the caller's transaction); always True."""
     gold = s.get(GoldPair, assignment.comparison_id)
     s.add(GoldAnswer(comparison_id=assignment.comparison_id, annotator_id=assignment.annotator_id,
-                     choice=canonical_choice, correct=canonical_choice == gold.answer))
+                     choice=canonical_choice, correct=canonical_choice == gold.answer, created_at=utcnow()))
     assignment.status = "done"
     s.flush()
     return True
+
+
+def latest_answer(s, user: Account) -> GoldAnswer | None:
+    """This annotator's most recent gold answer (for undo), or None."""
+    return s.scalar(select(GoldAnswer).where(GoldAnswer.annotator_id == user.id)
+                    .order_by(GoldAnswer.created_at.desc()).limit(1))
+
+
+def take_back(s, answer: GoldAnswer) -> None:
+    """Delete a gold answer (undo), inside the caller's transaction; its score goes with it."""
+    s.execute(delete(GoldAnswer).where(GoldAnswer.comparison_id == answer.comparison_id,
+                                       GoldAnswer.annotator_id == answer.annotator_id))
 
 
 def scores(store: Store) -> dict[str, dict]:

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from annotate import gold, strategies
 from annotate.accounts import add_user
 from annotate.app import admin_stats
-from annotate.assignment import next_pair, submit_and_next, submit_label
+from annotate.assignment import next_pair, submit_and_next, submit_label, undo
 from annotate.refresh import Refresher
 from annotate.store import (
     Comparison,
@@ -141,6 +141,46 @@ def test_gold_pairs_are_mixed_at_the_rate_and_scored(store, tmp_path):
     summary = export(store, tmp_path / "prefs")
     assert summary["labels"] == n_labels and summary["comparisons_unlabelled"] == 150 - n_labels
     assert json.loads((tmp_path / "prefs" / "agreement.json").read_text())["gold"]["ann"] == score
+
+
+def test_undo_takes_back_the_latest_answer_gold_or_not(store, tmp_path):
+    """The annotator cannot tell gold pairs apart, so undo takes back whichever they answered last."""
+    gold_file = tmp_path / "gold.jsonl"
+    gold_file.write_text(json.dumps({"prompt": "gold question?", "chosen": "right", "rejected": "wrong"}) + "\n")
+    gold.import_gold(store, str(gold_file))
+    make_pairs(store, [(0.2, 0.8), (0.3, 0.7), (0.4, 0.6)])
+    ann = add_user(store, "ann", PASSWORD)
+    strategies.set_policy(store, strategies.Policy("random", gold_rate=0.0))
+    first = next_pair(store, ann)
+    submit_label(store, ann, first["comparison_id"], "A")  # an ordinary label
+    strategies.set_policy(store, strategies.Policy("random", gold_rate=0.5))
+
+    class Due:  # rng: the gold pair is due now (at rate 0.5 after one pair it may or may not be)
+        random = staticmethod(lambda: 0.0)
+
+    g = next_pair(store, ann, rng=Due())
+    assert "gold question" in g["prompt"]
+    wrong = "B" if g["response_a"] == "right" else "A"
+    submit_label(store, ann, g["comparison_id"], wrong)  # then the gold pair, answered wrongly
+    assert gold.scores(store)["ann"]["gold_correct"] == 0
+
+    back = undo(store, ann)  # the gold answer goes, the older label stays
+    assert back["comparison_id"] == g["comparison_id"] and back["response_a"] == g["response_a"]
+    assert gold.scores(store) == {}
+    with store.read() as s:
+        assert s.scalar(select(func.count()).select_from(Label)) == 1
+    assert next_pair(store, ann)["comparison_id"] == g["comparison_id"]  # current again
+    submit_label(store, ann, g["comparison_id"], "A" if wrong == "B" else "B")
+    assert gold.scores(store)["ann"] == {"gold_answered": 1, "gold_correct": 1, "gold_accuracy": 1.0}
+
+    undo(store, ann)  # the gold answer again ...
+    back = undo(store, ann)  # ... then the ordinary label
+    assert back["comparison_id"] == first["comparison_id"]
+    with store.read() as s:
+        assert s.scalar(select(func.count()).select_from(Label)) == 0
+        assert s.scalar(select(func.count()).select_from(GoldAnswer)) == 0
+        assert s.get(Comparison, first["comparison_id"]).label_count == 0
+    assert undo(store, ann) is None  # nothing left to take back
 
 
 def test_a_slow_refresh_never_delays_next_pair(store):
