@@ -11,7 +11,7 @@ The reward model is the one the annotation app refreshes: a Bradley-Terry head (
 cached frozen all-MiniLM-L6-v2 features (``reward_models.active``). Every strategy starts from the
 same ``--seed-labels`` random labels, then picks ``--batch`` pairs at a time with the head refitted
 on everything labelled so far (the app's "refresh every K labels"), up to ``--budget`` labels.
-Three seeds (the seed set and tie-breaking differ); curves are averaged over seeds.
+Three seeds by default (``--seeds N`` for more; the seed set and tie-breaking differ); curves are averaged over seeds.
 
 Figure of merit, per strategy: the fewest labels from which its mean held-out accuracy stays at
 or above random's mean accuracy at the full budget; ``label_ratio`` = that / budget (lower is better;
@@ -127,7 +127,7 @@ def labels_to_reach(curve: list[tuple[int, float]], target: float) -> int | None
     return needed
 
 
-def plot(curves: dict, budget: int, target: float, path: Path) -> None:
+def plot(curves: dict, budget: int, target: float, path: Path, n_seeds: int = 3) -> None:
     from reward_models.plots import _pyplot
 
     plt = _pyplot()
@@ -135,7 +135,7 @@ def plot(curves: dict, budget: int, target: float, path: Path) -> None:
     for name, curve in curves.items():
         ax.plot([n for n, _ in curve], [acc for _, acc in curve], marker=".", label=name)
     ax.axhline(target, ls="--", color="grey", lw=0.8, label=f"random at {budget} labels")
-    ax.set(xlabel="labels", ylabel="held-out accuracy (mean of 3 seeds)",
+    ax.set(xlabel="labels", ylabel=f"held-out accuracy (mean of {n_seeds} seeds)",
            title="HH harmless: BT head on MiniLM features, by assignment strategy")
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -154,6 +154,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed-labels", type=int, default=40, help="random labels every strategy starts from")
     parser.add_argument("--ensemble", type=int, default=5, help="bootstrap heads for 'disagreement'")
     parser.add_argument("--features-only", action="store_true", help="compute and cache the features, then stop")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per strategy, averaged (default 3)")
     args = parser.parse_args(argv)
     budget = args.budget or (320 if args.quick else 600)
     batch = args.batch or 40
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)  # small fits: threads cost more than they give on a shared CPU
-    seeds = (0, 1, 2)
+    seeds = tuple(range(args.seeds))
     started = time.perf_counter()
     per_seed: dict = {}
     for strategy in STRATEGIES:
@@ -210,7 +211,7 @@ def main(argv=None) -> int:
     result["seconds"] = round(time.perf_counter() - started, 1)
     png = Path(args.png)
     png.parent.mkdir(parents=True, exist_ok=True)
-    plot(curves, budget, target, png)
+    plot(curves, budget, target, png, len(seeds))
     result["png"] = str(png)
     print(json.dumps(result))
     return 0

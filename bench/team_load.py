@@ -8,7 +8,8 @@ script starts on loopback with ``tests/pg.py``, fsync on) with ``--comparisons``
 it (``python -m rewardlab.cli annotate --db URL --port P``, the real command), and lets the
 annotators of ``bench/annotators.py`` work for ``--seconds``: annotator i logs in at process
 i mod n, thinks (``--think`` seconds on average, uniform 0..2x), submits a random label and gets
-the next pair back. At ``--kill-at`` (fraction of the window) the first app process gets
+the next pair back, through ``annotate.client.LabelClient`` (``--client gradio_client`` for
+gradio_client). At ``--kill-at`` (fraction of the window) the first app process gets
 ``kill -9``; its annotators log in at the next process and go on, as a proxy would send them.
 
 Measured: labels per second acknowledged in the window, p50/p99 latency of one submit-then-next
@@ -64,7 +65,7 @@ def throwaway_postgres(folder: Path) -> str:
 
 def bench(*, db: str | None, annotators: int, seconds: float, think: float, comparisons: int,
           overlap: int, app_procs: int, client_procs: int, kill_at: float | None,
-          keep: Path | None = None, seed: int = 0) -> dict:
+          keep: Path | None = None, seed: int = 0, client: str = "rewardlab") -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="rl-teamload-")) if keep is None else keep
     tmp.mkdir(parents=True, exist_ok=True)
     pg_folder = None
@@ -98,7 +99,7 @@ def bench(*, db: str | None, annotators: int, seconds: float, think: float, comp
 
         fault = (kill_at * seconds, kill) if kill_at is not None else None
         fig = drive(urls, names, seconds=seconds, think=think, client_procs=client_procs,
-                    server_pid=[p.pid for p in procs], seed=seed, at=fault)
+                    server_pid=[p.pid for p in procs], seed=seed, at=fault, client=client)
         acks = fig.pop("acks")
         kill_rel = killed["t"] - fig["t0"] if killed else None
         survivors_alive = all(p.poll() is None for p in procs[1:])
@@ -145,7 +146,8 @@ def bench(*, db: str | None, annotators: int, seconds: float, think: float, comp
         "cores": fig["cores"],
         "load_avg_1m_after": round(os.getloadavg()[0], 2),
         "settings": {"comparisons": comparisons, "overlap": overlap, "think_s_mean": think,
-                     "client_procs": client_procs, "kill_at_fraction": kill_at, "db": "postgresql"},
+                     "client_procs": client_procs, "kill_at_fraction": kill_at, "db": "postgresql",
+                     "client": client},
     }
     log(f"{out['labels_per_s']} labels/s, p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms; acked "
         f"{out['acknowledged']}, stored {out['stored']}, duplicated {out['duplicated']}, over overlap "
@@ -170,6 +172,8 @@ def main(argv=None) -> int:
                    help="kill -9 the first app process at this fraction of the window (negative: never)")
     p.add_argument("--keep", type=Path, default=None, help="keep the app logs in this folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--client", choices=("rewardlab", "gradio_client"), default="rewardlab",
+                   help="the annotators' client (see bench/annotation_load.py)")
     args = p.parse_args(argv)
     if args.app_procs < 1 or (args.kill_at is not None and args.kill_at >= 0 and args.app_procs < 2):
         p.error("killing an app process needs --app-procs 2 or more (or --kill-at -1)")
@@ -183,7 +187,8 @@ def main(argv=None) -> int:
                 think=args.think,
                 comparisons=args.comparisons if args.comparisons is not None else (2000 if args.quick else 5000),
                 overlap=args.overlap, app_procs=args.app_procs, client_procs=args.client_procs,
-                kill_at=args.kill_at if args.kill_at >= 0 else None, keep=args.keep, seed=args.seed)
+                kill_at=args.kill_at if args.kill_at >= 0 else None, keep=args.keep, seed=args.seed,
+                client=args.client)
     print(json.dumps(out))
     return 0
 
