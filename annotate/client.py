@@ -125,6 +125,8 @@ class LabelClient:
                                   params={"session_hash": self.session_hash}) as stream:
                 if stream.status_code != 200:
                     stream.read()
+                    if stream.status_code == 401:
+                        raise LoginError(f"/{name}: not signed in (the session ended); sign in again")
                     raise ApiError(f"/{name}: {_detail(stream)}")
                 for line in stream.iter_lines():
                     if not line.startswith("data:"):
