@@ -95,3 +95,13 @@ def test_gradio_queue_analytics_and_monitoring_are_off(store):
         http = httpx.Client(base_url=url)
         assert http.post("login", data={"username": "root", "password": PASSWORD}).status_code == 200
         assert http.get("monitoring").status_code == 403
+
+
+def test_the_admin_console_through_call(served):
+    url, _, _ = served
+    with LabelClient(url, "root", PASSWORD) as admin:
+        assert isinstance(admin.call("console_jobs"), list)
+        with pytest.raises(ApiError, match="kind must be one of generate"):
+            admin.call("console_start", "no_such_kind", {})
+    with LabelClient(url, "alice", PASSWORD) as c, pytest.raises(ApiError, match="admins only"):
+        c.call("console_jobs")
