@@ -30,6 +30,7 @@ from annotate.store import (
 from reward_models.active import priorities
 
 PASSWORD = "correct horse"
+STORE_ENGINES = ("sqlite", "postgresql")  # the strategies order next_pair on both (tests/conftest.py)
 
 
 def quality_features(items):
