@@ -146,8 +146,9 @@ def test_throttle_needs_the_failures_within_the_window(store, config):
     assert keys and not any("hunter2" in k or "alice" in k for k in keys)
 
 
-def test_throttle_over_http_holds_across_two_app_processes(tmp_path, config):
-    url_db = "sqlite:///" + str(tmp_path / "shared.db")
+@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)  # tests/conftest.py
+def test_throttle_over_http_holds_across_two_app_processes(db_url, config):
+    url_db = db_url
     with ExitStack() as stack:
         stores = [Store(url_db), Store(url_db)]
         for s in stores:
@@ -171,8 +172,9 @@ def test_throttle_over_http_holds_across_two_app_processes(tmp_path, config):
 
 # --- sessions -------------------------------------------------------------------------------------
 
-def test_sessions_are_shared_by_processes_and_expire(tmp_path):
-    url_db = "sqlite:///" + str(tmp_path / "shared.db")
+@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)  # tests/conftest.py
+def test_sessions_are_shared_by_processes_and_expire(db_url):
+    url_db = db_url
     config = WorkspaceConfig(session_idle_hours=12, session_max_hours=48)
     with ExitStack() as stack:
         stores = [Store(url_db), Store(url_db)]
