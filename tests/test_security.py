@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -146,16 +146,20 @@ def test_throttle_needs_the_failures_within_the_window(store, config):
     assert keys and not any("hunter2" in k or "alice" in k for k in keys)
 
 
-@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)  # tests/conftest.py
-def test_throttle_over_http_holds_across_two_app_processes(db_url, config):
-    url_db = db_url
+@contextmanager
+def two_apps(url_db: str, config: WorkspaceConfig):
+    """Two app servers, each with its own Store on one database (as two processes would be)."""
     with ExitStack() as stack:
         stores = [Store(url_db), Store(url_db)]
         for s in stores:
             stack.callback(s.close)
         fill(stores[0])
-        one = stack.enter_context(running(stores[0], config))
-        two = stack.enter_context(running(stores[1], config))
+        yield stores, stack.enter_context(running(stores[0], config)), stack.enter_context(running(stores[1], config))
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)  # tests/conftest.py
+def test_throttle_over_http_holds_across_two_app_processes(db_url, config):
+    with two_apps(db_url, config) as (_stores, one, two):
         for _ in range(3):
             r = login(one, "alice", "wrong password", address="203.0.113.5")
             assert r.status_code == 400 and r.json()["detail"] == "Incorrect credentials."
@@ -176,13 +180,7 @@ def test_throttle_over_http_holds_across_two_app_processes(db_url, config):
 def test_sessions_are_shared_by_processes_and_expire(db_url):
     url_db = db_url
     config = WorkspaceConfig(session_idle_hours=12, session_max_hours=48)
-    with ExitStack() as stack:
-        stores = [Store(url_db), Store(url_db)]
-        for s in stores:
-            stack.callback(s.close)
-        fill(stores[0])
-        one = stack.enter_context(running(stores[0], config))
-        two = stack.enter_context(running(stores[1], config))
+    with two_apps(url_db, config) as (stores, one, two):
         r = login(one, "alice")
         cookies = r.cookies
         token = next(v for k, v in cookies.items() if k.startswith("access-token-unsecure"))
