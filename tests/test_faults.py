@@ -147,6 +147,17 @@ def test_sqlite_killed_during_writes_stays_consistent_and_keeps_acknowledged_lab
 # --- reward-model training: kill -9, then --resume ----------------------------------------------
 
 
+def _kill_then_resume(cmd: list[str], checkpoint: Path, summary: Path, timeout: float):
+    """Run ``cmd``, ``kill -9`` it once ``checkpoint`` exists (before ``summary`` does), then run it
+    again with ``--resume``; returns that finished run."""
+    proc = _start(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(checkpoint, proc)
+    _kill(proc)
+    proc.stderr.close()
+    assert not summary.exists(), "the run finished before it could be killed"
+    return subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=timeout)
+
+
 @pytest.mark.slow  # real CLI training killed and resumed (~30 s each); CI runs it (make test)
 def test_reward_training_killed_then_resumed_reaches_the_planned_steps(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", separable_rows(64))
@@ -154,12 +165,8 @@ def test_reward_training_killed_then_resumed_reaches_the_planned_steps(tiny_mode
     cmd = [sys.executable, "-m", "rewardlab.cli", "reward", "train", "--data", str(data), "--out", str(out),
            "--model", str(tiny_model_dir), "--max_steps", "30", "--save_steps", "5", "--batch_size", "4",
            "--max_length", "64", "--learning_rate", "3e-3", "--logging_steps", "1", "--eval_fraction", "0.25"]
-    proc = _start(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for(out / "checkpoints" / "checkpoint-10" / "trainer_state.json", proc)
-    _kill(proc)
-    proc.stderr.close()
-    assert not (out / "train_summary.json").exists(), "the run finished before it could be killed"
-    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    done = _kill_then_resume(cmd, out / "checkpoints" / "checkpoint-10" / "trainer_state.json",
+                             out / "train_summary.json", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 30 and summary["stopped"] == "max_steps"
@@ -187,13 +194,8 @@ def test_ppo_killed_then_resumed_reaches_the_planned_updates(tiny_model_dir, tmp
            "--out", str(out), "--policy", str(tiny_model_dir), "--total_episodes", "80",
            "--per_device_train_batch_size", "8", "--local_rollout_forward_batch_size", "8",
            "--response_length", "6", "--save_every", "2"]
-    proc = _start(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for(out / "checkpoints" / "update-000002" / "complete", proc)
-    _kill(proc)
-    proc.stderr.close()
-    assert not (out / "ppo_summary.json").exists(), "the run finished before it could be killed"
-
-    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=600)
+    done = _kill_then_resume(cmd, out / "checkpoints" / "update-000002" / "complete", out / "ppo_summary.json",
+                             timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming at update" in done.stdout + done.stderr
     summary = json.loads((out / "ppo_summary.json").read_text())
