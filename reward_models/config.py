@@ -23,15 +23,17 @@ CONFIG_FILE = "reward_config.yaml"
 class RewardTrainConfig:
     """How ``rewardlab reward train`` trains a reward model (TRL RewardTrainer underneath)."""
 
-    model: str = "all-minilm-l6-v2"
-    """Backbone: an alias (all-minilm-l6-v2, smollm2-135m), a local model folder or a hub id."""
+    model: str = "smollm2-135m"
+    """Backbone: an alias (smollm2-135m, all-minilm-l6-v2), a local model folder or a hub id."""
+    max_layers: int | None = 18
+    """Keep only the backbone's first this many transformer layers (all when it has fewer; null: all)."""
     max_length: int = 256
     """Longest prompt+reply in tokens; longer pairs are cut (prompt from the left), never dropped."""
     style: str = "auto"
     """Text layout: auto (chat template if the tokenizer has one, else explicit), conversational, explicit."""
     head_init: str = "probe"
     """Score head start: probe (fit on the frozen backbone's features first, see reward_models/probe.py) or random."""
-    lora: bool = False
+    lora: bool = True
     """Train LoRA adapters plus the score head instead of all weights (merged into the saved model)."""
     lora_r: int = 16
     """LoRA rank (adapter width, in dimensions)."""
@@ -39,13 +41,15 @@ class RewardTrainConfig:
     """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
     lora_target_modules: list[str] | None = None
     """Module names LoRA adapts (e.g. q_proj v_proj); empty: peft's default for the architecture."""
-    learning_rate: float = 2e-5
+    lora_top_layers: int | None = 9
+    """LoRA only in the last this many transformer layers; the frozen ones below need no backward pass (null: all)."""
+    learning_rate: float = 1e-4
     """Peak learning rate of AdamW (per step, after warmup)."""
     epochs: float = 1.0
     """Passes over the training pairs (fractions allowed); max_steps overrides it."""
-    batch_size: int = 16
+    batch_size: int = 4
     """Preference pairs per optimizer micro-step (each pair is two sequences)."""
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int = 4
     """Micro-steps summed into one optimizer step (effective batch = batch_size x this)."""
     warmup_ratio: float = 0.1
     """Fraction of all optimizer steps spent warming the learning rate up from 0."""
@@ -82,7 +86,9 @@ def validate(config: RewardTrainConfig) -> RewardTrainConfig:
     """Check ranges; raise a one-line RewardlabError naming the key."""
     checks = [
         (config.max_length >= 32, "max_length must be at least 32 tokens"),
+        (config.max_layers is None or config.max_layers >= 1, "max_layers must be at least 1 or null"),
         (config.lora_r >= 1, "lora_r must be at least 1"),
+        (config.lora_top_layers is None or config.lora_top_layers >= 1, "lora_top_layers must be at least 1 or null"),
         (config.learning_rate > 0, "learning_rate must be positive"),
         (config.epochs > 0, "epochs must be positive"),
         (config.batch_size >= 1, "batch_size must be at least 1"),

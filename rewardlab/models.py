@@ -351,17 +351,44 @@ def load_causal_lm(name: str | None, dtype: torch.dtype = torch.float32, tokeniz
     return model
 
 
-def load_sequence_classifier(name: str | None, tokenizer=None, dtype: torch.dtype = torch.float32):
+def layer_cut(path: str, max_layers: int | None) -> dict:
+    """``from_pretrained`` overrides that keep only the first ``max_layers`` transformer layers of the
+    model at ``path`` (nothing when it has that many or fewer, or ``max_layers`` is None).
+
+    The cut model is an ordinary one with fewer layers: its saved config says so, and a plain
+    ``from_pretrained`` loads it. Per-layer config lists (``layer_types``) are cut to match.
+    """
+    if max_layers is None:
+        return {}
+    if max_layers < 1:
+        raise RewardlabError(f"max_layers must be at least 1, not {max_layers}")
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    total = getattr(config, "num_hidden_layers", None)
+    if not isinstance(total, int) or total <= max_layers:
+        return {}
+    cut = {"num_hidden_layers": max_layers}
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, (list, tuple)) and len(layer_types) == total:
+        cut["layer_types"] = list(layer_types[:max_layers])
+    return cut
+
+
+def load_sequence_classifier(name: str | None, tokenizer=None, dtype: torch.dtype = torch.float32,
+                             max_layers: int | None = None):
     """A one-output sequence classifier (reward or value model) for ``name``.
 
     Works from causal-LM checkpoints (the score head starts untrained) and from encoders; its
     config carries the tokenizer's pad id, which is where it reads the score of a padded batch.
+    ``max_layers`` keeps only the first that many transformer layers (see :func:`layer_cut`).
     """
     from transformers import AutoModelForSequenceClassification
 
     tokenizer = _prepare_tokenizer(name, tokenizer)
+    path = resolve_model(name)
     model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model(name), num_labels=1, dtype=dtype
+        path, num_labels=1, dtype=dtype, **layer_cut(path, max_layers)
     )
     _fit_to_tokenizer(model, tokenizer)
     return model

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from reward_models.config import RewardTrainConfig, load_config
 from reward_models.scorer import RewardModelScorer
@@ -16,8 +18,8 @@ from reward_models.train import train_reward_model
 from rewardlab.errors import RewardlabError
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "sea", "blue", "water", "tea", "cup", "light", "sun", "air"]
-FAST = {"learning_rate": 3e-3, "batch_size": 8, "logging_steps": 5, "save_steps": 0, "max_length": 64,
-        "warmup_ratio": 0.0}
+FAST = {"learning_rate": 3e-3, "batch_size": 8, "gradient_accumulation_steps": 1, "lora": False,
+        "logging_steps": 5, "save_steps": 0, "max_length": 64, "warmup_ratio": 0.0}
 
 
 def separable_rows(n: int, seed: int = 0) -> list[dict]:
@@ -103,12 +105,40 @@ def test_lora_merged_into_plain_model(tiny_model_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     data = write_jsonl(tmp_path / "p.jsonl", separable_rows(64, seed=1))
-    config = RewardTrainConfig(model=str(tiny_model_dir), lora=True, lora_r=8, max_steps=20, eval_fraction=0.25,
-                               **{**FAST, "learning_rate": 1e-2})
+    config = RewardTrainConfig(model=str(tiny_model_dir), lora_r=8, max_steps=20, eval_fraction=0.25,
+                               **{**FAST, "learning_rate": 1e-2, "lora": True})
     summary = train_reward_model(config, data, tmp_path / "out")
     assert summary["lora"] and summary["eval"]["accuracy"] > 0.6, summary["eval"]
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
     assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_cut_backbone_and_top_layer_lora(tiny_model_dir, tmp_path):
+    """max_layers keeps the first layers (a plain, smaller model folder); lora_top_layers adapts only
+    the last ones, so the layers below come out of training exactly as they went in."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    data = write_jsonl(tmp_path / "p.jsonl", separable_rows(48, seed=2))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # 2 layers
+    config = RewardTrainConfig(model=str(tiny_model_dir), lora_r=8, max_steps=4, eval_fraction=0.25,
+                               **{**FAST, "learning_rate": 1e-2, "lora": True}, lora_top_layers=1)
+    summary = train_reward_model(config, data, tmp_path / "top")
+    assert summary["layers"] == 2
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "top")
+    layers, base_layers = model.model.layers, base.model.layers
+    assert torch.equal(layers[0].self_attn.q_proj.weight, base_layers[0].self_attn.q_proj.weight)
+    assert not torch.equal(layers[1].self_attn.q_proj.weight, base_layers[1].self_attn.q_proj.weight)
+
+    config = RewardTrainConfig(model=str(tiny_model_dir), max_steps=2, eval_fraction=0.25, **FAST, max_layers=1)
+    summary = train_reward_model(config, data, tmp_path / "cut")
+    cut = AutoModelForSequenceClassification.from_pretrained(tmp_path / "cut")
+    assert summary["layers"] == 1 and cut.config.num_hidden_layers == 1 and len(cut.model.layers) == 1
+    scores = RewardModelScorer(tmp_path / "cut").score(["hi?", "hi?"], ["tea please", "tea thanks"])
+    assert all(map(math.isfinite, scores)) and scores[0] != scores[1]
+    config.max_layers = 5  # more than the backbone has: all of its layers
+    assert train_reward_model(config, data, tmp_path / "all")["layers"] == 2
+    with pytest.raises(RewardlabError, match="max_layers must be at least 1"):
+        load_config(None, ["--max_layers", "0"])
 
 
 def test_unknown_config_key_lists_valid_keys(tmp_path):
@@ -177,3 +207,30 @@ def test_probe_head_alone_ranks_pairs_before_training(tiny_model_dir, tmp_path):
     assert baseline["probe"] is None
     assert summary["eval"]["mean_margin"] > 1.0
     assert abs(baseline["eval"]["mean_margin"]) < 0.1 * summary["eval"]["mean_margin"], baseline["eval"]
+
+
+def test_length_buckets_cover_every_pair_once_and_cut_padding():
+    """The sampler yields each pair once per epoch, in batches of similar length, in a new order
+    every epoch that a new sampler with the same seed replays (a resumed run sees the same data)."""
+    from reward_models.train import LengthBucketSampler
+
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 256) for _ in range(1003)]  # not a multiple of the batch size
+
+    def padded(order):  # tokens a batch costs once padded to its longest pair
+        return sum(max(lengths[i] for i in order[k:k + 16]) * len(order[k:k + 16]) for k in range(0, len(order), 16))
+
+    sampler = LengthBucketSampler(lengths, batch_size=16, seed=7)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == sorted(second) == list(range(1003))
+    assert first != second
+    assert list(LengthBucketSampler(lengths, batch_size=16, seed=7)) == first
+    shuffled = list(range(1003))
+    rng.shuffle(shuffled)
+    assert padded(first) < 0.7 * padded(shuffled), (padded(first), padded(shuffled))
+    # the only short batch (1003 = 62 x 16 + 11) is the last, so batches stay on the buckets
+    assert all(max(lengths[i] for i in first[k:k + 16]) - min(lengths[i] for i in first[k:k + 16]) < 40
+               for k in range(0, 62 * 16, 16))
+    # and batch order is not sorted by length (batches are shuffled, not a curriculum)
+    maxima = [max(lengths[i] for i in first[k:k + 16]) for k in range(0, 62 * 16, 16)]
+    assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
