@@ -234,3 +234,26 @@ def test_length_buckets_cover_every_pair_once_and_cut_padding():
     # and batch order is not sorted by length (batches are shuffled, not a curriculum)
     maxima = [max(lengths[i] for i in first[k:k + 16]) for k in range(0, 62 * 16, 16)]
     assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
+
+
+@pytest.mark.slow
+def test_default_config_on_the_real_backbone(tmp_path):
+    """The shipped default: SmolLM2-135M cut to its first 18 layers, probe head, LoRA in layers 9-17.
+    Two optimizer steps on the project's sample pairs: the saved folder is a plain 18-layer model
+    whose lower nine layers are the pretrained ones, untouched."""
+    from safetensors import safe_open
+    from transformers import AutoModelForSequenceClassification
+
+    from rewardlab.models import resolve_model
+
+    repo = Path(__file__).resolve().parents[1]
+    config = load_config(None, {"max_steps": 2, "eval_fraction": 0.0, "save_steps": 0, "logging_steps": 1})
+    assert (config.model, config.max_layers, config.lora, config.lora_top_layers) == ("smollm2-135m", 18, True, 9)
+    summary = train_reward_model(config, repo / "data" / "pairs.jsonl", tmp_path / "rm")
+    assert summary["layers"] == 18 and summary["steps"] == 2 and summary["probe"]["pairs"] == 6
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+    assert model.config.num_hidden_layers == 18 and len(model.model.layers) == 18
+    with safe_open(str(Path(resolve_model("smollm2-135m")) / "model.safetensors"), "pt") as base:
+        for layer, same in ((0, True), (8, True), (9, False), (17, False)):
+            name = f"model.layers.{layer}.self_attn.q_proj.weight"
+            assert torch.equal(model.model.layers[layer].self_attn.q_proj.weight.float(), base.get_tensor(name).float()) is same, layer
