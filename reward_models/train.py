@@ -163,7 +163,7 @@ class LengthBucketSampler(torch.utils.data.Sampler):
     this shuffles the pairs, sorts each window of ``window`` batches by length, cuts the windows
     into batches and shuffles the order of the batches. Batches stay a random sample of the data
     (only their members are length-matched) and the order is fixed by ``seed`` and the epoch, so a
-    resumed run replays it.
+    resumed run replays it (``set_epoch``; without it, each pass takes the next epoch's order).
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50):
@@ -172,6 +172,10 @@ class LengthBucketSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The Trainer calls this before each epoch (a resumed run too), so epoch k's order is fixed."""
+        self.epoch = epoch
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)

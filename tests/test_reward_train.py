@@ -225,6 +225,9 @@ def test_length_buckets_cover_every_pair_once_and_cut_padding():
     assert sorted(first) == sorted(second) == list(range(1003))
     assert first != second
     assert list(LengthBucketSampler(lengths, batch_size=16, seed=7)) == first
+    resumed = LengthBucketSampler(lengths, batch_size=16, seed=7)
+    resumed.set_epoch(1)  # what the Trainer does when a run resumes in its second epoch
+    assert list(resumed) == second
     shuffled = list(range(1003))
     rng.shuffle(shuffled)
     assert padded(first) < 0.7 * padded(shuffled), (padded(first), padded(shuffled))
