@@ -217,8 +217,11 @@ def test_length_buckets_cover_every_pair_once_and_cut_padding():
     rng = random.Random(0)
     lengths = [rng.randint(5, 256) for _ in range(1003)]  # not a multiple of the batch size
 
-    def padded(order):  # tokens a batch costs once padded to its longest pair
-        return sum(max(lengths[i] for i in order[k:k + 16]) * len(order[k:k + 16]) for k in range(0, len(order), 16))
+    def batches(order):  # the DataLoader's batches of 16, as lists of pair lengths
+        return [[lengths[i] for i in order[k:k + 16]] for k in range(0, len(order), 16)]
+
+    def padded(order):  # tokens the batches cost once each is padded to its longest pair
+        return sum(max(b) * len(b) for b in batches(order))
 
     sampler = LengthBucketSampler(lengths, batch_size=16, seed=7)
     first, second = list(sampler), list(sampler)
@@ -232,10 +235,10 @@ def test_length_buckets_cover_every_pair_once_and_cut_padding():
     rng.shuffle(shuffled)
     assert padded(first) < 0.7 * padded(shuffled), (padded(first), padded(shuffled))
     # the only short batch (1003 = 62 x 16 + 11) is the last, so batches stay on the buckets
-    assert all(max(lengths[i] for i in first[k:k + 16]) - min(lengths[i] for i in first[k:k + 16]) < 40
-               for k in range(0, 62 * 16, 16))
+    full = batches(first)[:62]
+    assert all(max(b) - min(b) < 40 for b in full)
     # and batch order is not sorted by length (batches are shuffled, not a curriculum)
-    maxima = [max(lengths[i] for i in first[k:k + 16]) for k in range(0, 62 * 16, 16)]
+    maxima = [max(b) for b in full]
     assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
 
 
@@ -259,4 +262,5 @@ def test_default_config_on_the_real_backbone(tmp_path):
     with safe_open(str(Path(resolve_model("smollm2-135m")) / "model.safetensors"), "pt") as base:
         for layer, same in ((0, True), (8, True), (9, False), (17, False)):
             name = f"model.layers.{layer}.self_attn.q_proj.weight"
-            assert torch.equal(model.model.layers[layer].self_attn.q_proj.weight.float(), base.get_tensor(name).float()) is same, layer
+            trained = model.model.layers[layer].self_attn.q_proj.weight.float()
+            assert torch.equal(trained, base.get_tensor(name).float()) is same, layer
